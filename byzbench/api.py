@@ -32,8 +32,8 @@ class Results:
 
 
 def run(grid: Grid | str | Path, results_dir: str | Path | None = None,
-        workers: int | None = None, force: bool = False, strict: bool = False,
-        executor: str = "local", ray_options: RayOptions | None = None) -> RunSummary:
+        workers: int | None = None, threads: int | None = None, force: bool = False,
+        strict: bool = False, executor: str = "local", ray_options: RayOptions | None = None) -> RunSummary:
     """Run a grid (a :class:`Grid` or the path of its YAML file); see :func:`run_grid`.
 
     ``executor="ray"`` runs each cell as a Ray task (``ray_options``: address, CPUs and
@@ -41,8 +41,8 @@ def run(grid: Grid | str | Path, results_dir: str | Path | None = None,
     """
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
-    return run_grid(grid, results_dir, workers=workers, force=force, strict=strict,
-                    executor=executor, ray_options=ray_options)
+    return run_grid(grid, results_dir, workers=workers, threads=threads, force=force,
+                    strict=strict, executor=executor, ray_options=ray_options)
 
 
 def load_results(results_dir: str | Path) -> Results:

@@ -15,7 +15,8 @@ import multiprocessing.context
 
 # what each worker needs before its first cell: the engine and every built-in component
 PRELOAD = ["byzbench.engine.simulation", "byzbench.data.datasets", "byzbench.data.partition",
-           "byzbench.models", "byzbench.attacks", "byzbench.defenses", "byzbench.runner"]
+           "byzbench.models", "byzbench.attacks", "byzbench.defenses", "byzbench.runner",
+           "byzbench._forkserver_ready"]
 
 
 def pool_context() -> multiprocessing.context.BaseContext:

@@ -10,6 +10,7 @@ error and the grid goes on; Ctrl-C stops the run and keeps every finished cell.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from byzbench.config import Cell, ConfigError, Grid
+from byzbench.config import Cell, ComponentSpec, ConfigError, Grid
 from byzbench.engine.simulation import CellResult, run_cell, skip_reason
 from byzbench.executors import pool_context
 from byzbench.store import ResultsStore
@@ -63,12 +64,43 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def _init_worker(threads: int, sys_path: list[str]) -> None:
+def _init_worker(threads: int, sys_path: list[str], datasets: list[ComponentSpec]) -> None:
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     sys.path[:] = sys_path
     torch.set_num_threads(threads)
+    preload_datasets(datasets)
+    gc.freeze()  # what the worker inherited stays out of its collections (no copy-on-write)
+
+
+def grid_datasets(cells: list[Cell]) -> list[ComponentSpec]:
+    """The distinct dataset settings of ``cells``, in first-use order."""
+    unique: dict[str, ComponentSpec] = {}
+    for cell in cells:
+        unique.setdefault(cell.config.dataset.model_dump_json(), cell.config.dataset)
+    return list(unique.values())
+
+
+def preload_datasets(specs: list[ComponentSpec]) -> None:
+    """Load ``specs`` into this process's dataset cache before its first cell, so no cell's
+    time includes loading data. A dataset that fails to load is left to the cell that
+    uses it, which then fails with the error."""
+    from byzbench.engine.simulation import build
+    from byzbench.registry import DATASETS
+
+    for spec in specs:
+        try:
+            build(DATASETS, spec).load()
+        except Exception:  # noqa: BLE001, S112 - reported by the cell itself
+            continue
+
+
+def _pool_task(cell: Cell) -> tuple[CellResult, str | None, float]:
+    """A pool worker's job: (result, traceback or None, the time the cell really started)."""
+    started = time.time()
+    result, tb = execute_cell(cell)
+    return result, tb, started
 
 
 def execute_cell(cell: Cell, device: str | None = None) -> tuple[CellResult, str | None]:
@@ -105,13 +137,7 @@ def check_datasets(grid: Grid, cells: list[Cell]) -> None:
     from byzbench.engine.simulation import build
     from byzbench.registry import DATASETS
 
-    seen: set[str] = set()
-    for cell in cells:
-        spec = cell.config.dataset
-        key = spec.model_dump_json()
-        if key in seen:
-            continue
-        seen.add(key)
+    for spec in grid_datasets(cells):
         try:
             build(DATASETS, spec).check()
         except (DatasetNotFoundError, DatasetFormatError) as exc:
@@ -121,13 +147,15 @@ def check_datasets(grid: Grid, cells: list[Cell]) -> None:
 def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | None = None,
              force: bool = False, strict: bool = False,
              on_event: EventCallback | None = None, executor: str = "local",
-             ray_options: RayOptions | None = None) -> RunSummary:
+             ray_options: RayOptions | None = None, threads: int | None = None) -> RunSummary:
     """Run every cell of ``grid`` not yet finished in ``results_dir``; see the module doc.
 
     ``on_event(kind, cell, result)`` is called with kind ``reused`` (already finished),
     ``start`` and ``end``. ``executor``: ``local`` (``workers`` processes) or ``ray``
     (``ray_options``; raises :class:`~byzbench.ray_executor.RayUnavailableError` before
-    anything runs when Ray is not installed).
+    anything runs when Ray is not installed). ``threads``: torch threads per local worker
+    (default: the CPU count divided among the workers; the Ray executor sizes its tasks
+    with ``ray_options.cpus_per_cell`` instead).
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}' (allowed: {', '.join(EXECUTORS)})")
@@ -138,6 +166,9 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | N
         import_ray()
         ray_options = ray_options or _RayOptions()
         check_cells(grid.cells, ray_options)
+    if threads is not None and (threads < 1 or executor == "ray"):
+        raise ConfigError("threads must be ≥ 1 and is for the local executor (Ray: "
+                          f"cpus_per_cell), got {threads}")
     if strict:
         strict_check(grid)
     directory = Path(results_dir) if results_dir is not None else default_results_dir(grid)
@@ -174,9 +205,9 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | N
                 assert ray_options is not None
                 run_ray(pending, emit, finish, ray_options)
             elif workers == 1 or len(pending) <= 1:
-                _run_inline(pending, emit, finish)
+                _run_inline(pending, emit, finish, threads or threads_per_worker(1))
             else:
-                _run_pool(pending, workers, emit, finish)
+                _run_pool(pending, workers, emit, finish, threads)
         except KeyboardInterrupt:
             summary.interrupted = True
     summary.wall_s = time.perf_counter() - started
@@ -193,11 +224,13 @@ def _as_run(cell: Cell, result: CellResult) -> Cell:
 
 
 def _run_inline(pending: list[Cell], emit: EventCallback,
-                finish: Callable[[Cell, CellResult, str | None, float], None]) -> None:
+                finish: Callable[[Cell, CellResult, str | None, float], None],
+                threads: int) -> None:
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads_per_worker(1))
+    torch.set_num_threads(threads)
+    preload_datasets(grid_datasets(pending))
     try:
         for cell in pending:
             emit("start", cell, None)
@@ -209,11 +242,14 @@ def _run_inline(pending: list[Cell], emit: EventCallback,
 
 
 def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
-              finish: Callable[[Cell, CellResult, str | None, float], None]) -> None:
+              finish: Callable[[Cell, CellResult, str | None, float], None],
+              threads: int | None) -> None:
     workers = min(workers, len(pending))
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
                                    initializer=_init_worker,
-                                   initargs=(threads_per_worker(workers), list(sys.path)))
+                                   initargs=(threads or threads_per_worker(workers),
+                                             list(sys.path),
+                                             grid_datasets(pending)))
     queue = list(reversed(pending))
     running: dict[Future, tuple[Cell, float]] = {}
     try:
@@ -223,12 +259,12 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
             while queue and len(running) < workers:
                 cell = queue.pop()
                 emit("start", cell, None)
-                running[executor.submit(execute_cell, cell)] = (cell, time.time())
+                running[executor.submit(_pool_task, cell)] = (cell, time.time())
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 cell, t0 = running.pop(future)
                 try:
-                    result, tb = future.result()
+                    result, tb, t0 = future.result()
                 except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
                     result = CellResult(status="failed", error=f"{type(exc).__name__}: {exc}")
                     tb = traceback.format_exc()

@@ -7,6 +7,7 @@ import io
 import math
 import pickle
 import struct
+import subprocess
 import sys
 import tarfile
 import types
@@ -30,6 +31,7 @@ from byzbench.data.datasets import (
     Synthetic,
     clear_dataset_cache,
     read_idx,
+    stratified_split,
     stratified_subset,
 )
 from byzbench.data.partition import Dirichlet, Shards
@@ -84,6 +86,29 @@ def test_digits_shapes_split_and_stratification():
     all_counts = np.bincount(np.concatenate([ds.y_train, ds.y_test]), minlength=10)
     test_counts = np.bincount(ds.y_test.numpy(), minlength=10)
     assert np.all(np.abs(test_counts - all_counts * 0.25) <= 1.0)
+
+
+def test_stratified_split_hand_computed():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    # f·n_c = 1.5, 1, 0.5 → floors 1, 1, 0; ⌈0.5·6⌉ = 3 needs one more: remainders .5, 0, .5,
+    # the tie goes to class 0 → 2, 1, 0 held out
+    train, test = stratified_split(labels, 0.5, seed=3)
+    assert np.bincount(labels[test], minlength=3).tolist() == [2, 1, 0]
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(6))
+    assert list(train) == sorted(train) and list(test) == sorted(test)
+    draws = {tuple(stratified_split(labels, 0.5, seed=s)[1]) for s in range(20)}
+    assert len(draws) > 1  # the seed picks which samples of a class are held out
+    assert all(np.array_equal(stratified_split(labels, 0.5, seed=7)[1],
+                              stratified_split(labels, 0.5, seed=7)[1]) for _ in range(3))
+
+
+def test_digits_load_without_importing_scikit_learn():
+    code = ("import sys; from byzbench.data.datasets import Digits; "
+            "ds = Digits(Digits.Params()).load(); "
+            "print(len(ds.x_train), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["1347", "False"]
 
 
 def test_digits_normalisation_and_raw_scale():

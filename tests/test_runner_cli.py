@@ -62,6 +62,57 @@ def test_workers_1_and_2_give_identical_numbers(tiny_grid: Path, tmp_path: Path)
     assert ra["accuracy"].tolist() == rb["accuracy"].tolist()
 
 
+def _threads(results: Path) -> set[int]:
+    import json
+    import sqlite3
+
+    with sqlite3.connect(results / "results.db") as conn:
+        return {json.loads(m)["threads"] for (m,) in conn.execute("SELECT metrics FROM cells")}
+
+
+@pytest.mark.parametrize(("workers", "threads", "expected"),
+                         [(1, None, os.cpu_count()), (1, 1, 1), (2, 1, 1),
+                          (2, None, max(1, (os.cpu_count() or 1) // 2))])
+def test_cli_threads_option_sets_torch_threads_per_worker(tiny_grid: Path, tmp_path: Path,
+                                                          workers, threads, expected):
+    out = tmp_path / "res"
+    args = ["run", str(tiny_grid), "-o", str(out), "-q", "-w", str(workers)]
+    result = runner.invoke(app, args + ([] if threads is None else ["-t", str(threads)]))
+    assert result.exit_code == 0, result.output
+    assert _threads(out) == {expected}
+
+
+def test_cli_threads_option_rejects_ray_and_zero(tiny_grid: Path):
+    bad = runner.invoke(app, ["run", str(tiny_grid), "-t", "0"])
+    assert bad.exit_code == 2 and "--threads" in bad.output and "1" in bad.output
+    ray = runner.invoke(app, ["run", str(tiny_grid), "-e", "ray", "-t", "2"])
+    assert ray.exit_code != 0 and "--cpus-per-cell" in ray.output
+
+
+def test_preload_fills_the_dataset_cache_and_leaves_failures_to_the_cell(tmp_path: Path):
+    from byzbench.config import ComponentSpec
+    from byzbench.data import datasets
+    from byzbench.runner import preload_datasets
+
+    datasets.clear_dataset_cache()
+    missing = ComponentSpec(name="mnist", params={"root": str(tmp_path / "none"),
+                                                  "download": False})
+    preload_datasets([missing, ComponentSpec(name="digits")])  # the failure is not raised
+    assert datasets._load_cached.cache_info().currsize == 1
+    datasets.Digits(datasets.Digits.Params()).load()
+    assert datasets._load_cached.cache_info().hits == 1  # the cell finds it loaded
+
+
+def test_pool_cells_are_stamped_with_their_own_start(tiny_grid: Path, tmp_path: Path):
+    import sqlite3
+
+    run_grid(load_grid(tiny_grid), tmp_path / "res", workers=2)
+    with sqlite3.connect(tmp_path / "res" / "results.db") as conn:
+        rows = conn.execute("SELECT started, finished, wall_s FROM cells").fetchall()
+    assert len(rows) == 4
+    assert all(finished - started >= wall_s > 0 for started, finished, wall_s in rows)
+
+
 PLUGIN = '''
 import torch
 from byzbench.defenses.base import Defense, Verdict

@@ -9,11 +9,11 @@ clients' own honestly-computed updates under ``knowledge: own``.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
-from scipy.stats import norm
 
 from byzbench.attacks._common import (
     ColludeParams,
@@ -127,7 +127,7 @@ def alie_z(n: int, f: int) -> float:
         return 0.0
     s = math.floor(n / 2 + 1) - f
     s = min(max(s, 1), n - 1)
-    return float(norm.ppf((n - s) / n))
+    return NormalDist().inv_cdf((n - s) / n)
 
 
 class ALIEParams(KnowledgeParams):

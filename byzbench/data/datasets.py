@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import functools
 import gzip
+import importlib.util
 import math
 import pickle
 import struct
@@ -196,19 +197,57 @@ class Digits(_CachedSource):
                             "UCI Machine Learning Repository, 1998")
 
     def _build(self) -> Dataset:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
         p = self.params
-        x, y = load_digits(return_X_y=True)
-        x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=p.test_fraction, stratify=y, random_state=p.split_seed)
+        x, y = _digits_arrays()
+        train, test = stratified_split(y, p.test_fraction, p.split_seed)
 
         def images(a: np.ndarray) -> torch.Tensor:  # pixel values are 0..16
             return torch.from_numpy((a / 16.0).astype(np.float32).reshape(-1, 1, 8, 8))
 
-        return _to_dataset(self.name, images(x_train), y_train, images(x_test), y_test,
+        return _to_dataset(self.name, images(x[train]), y[train], images(x[test]), y[test],
                            10, p.normalize)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits as (pixels [N, 64] in 0..16, labels [N]).
+
+    Read straight from the ``digits.csv.gz`` that scikit-learn ships (64 pixel columns, then
+    the label; what ``load_digits`` itself parses), so a process need not import
+    scikit-learn (~1 s) to get them; ``load_digits`` where that file has moved."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return x, y.astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) sample indices, each ascending: ⌈f·N⌉ test samples, stratified.
+
+    Class c gets ⌊f·n_c⌋ test samples plus one more for the classes with the largest
+    remainders f·n_c − ⌊f·n_c⌋ (ties to the lower class) until the total is ⌈f·N⌉, so
+    |test_c − f·n_c| < 1; which samples of a class are held out is a seeded uniform draw
+    (``numpy.random.default_rng(seed)``). Our own definition, so a dataset's split does not
+    change with the scikit-learn version.
+    """
+    n = len(labels)
+    counts = np.bincount(labels)
+    quotas = test_fraction * counts
+    per_class = np.floor(quotas).astype(np.int64)
+    extra = math.ceil(test_fraction * n) - int(per_class.sum())
+    per_class[np.argsort(-(quotas - per_class), kind="stable")[:extra]] += 1
+    shuffled = np.random.default_rng(seed).permutation(n)
+    grouped = shuffled[np.argsort(labels[shuffled], kind="stable")]  # by class, random within
+    starts = np.cumsum(counts) - counts
+    rank = np.arange(n) - np.repeat(starts, counts)                 # position within its class
+    held_out = rank < np.repeat(per_class, counts)
+    return np.sort(grouped[~held_out]), np.sort(grouped[held_out])
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -18,8 +18,6 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 
 from byzbench.defenses._common import (
     LayerStep,
@@ -90,6 +88,9 @@ class Clustering(StepDefense, Defense):
             keep_local = torch.ones(n_ok, dtype=torch.bool, device=updates.device)
             labels = np.zeros(n_ok, dtype=np.int64)
         else:
+            from sklearn.cluster import KMeans  # ~0.5 s to import: only where used
+            from sklearn.exceptions import ConvergenceWarning
+
             coords = exact_coordinates(x, self.params.metric)
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator,
                                      device=ctx.generator.device).item())

@@ -7,7 +7,6 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from sklearn.cluster import KMeans, MeanShift, estimate_bandwidth
 
 from byzbench.defenses._common import (
     empty_verdict,
@@ -117,6 +116,8 @@ class SignStatistics(Defense):
     @staticmethod
     def _majority(feats: np.ndarray, seed: int, p: SignStatisticsParams) -> np.ndarray:
         """[m] bool: members of the largest cluster of the sign features."""
+        from sklearn.cluster import KMeans, MeanShift, estimate_bandwidth  # ~0.5 s: lazily
+
         m = feats.shape[0]
         if m < 3 or np.ptp(feats, axis=0).max() <= 1e-12:
             return np.ones(m, dtype=bool)

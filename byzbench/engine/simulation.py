@@ -353,7 +353,8 @@ def run_cell(config: CellConfig, device: torch.device | None = None) -> CellResu
     rounds = sim.run()
     summary = summarize_rounds(rounds)
     summary.update({"d": sim.model.dim, "f": config.num_malicious,
-                    "clients": config.clients, "device": sim.device.type})
+                    "clients": config.clients, "device": sim.device.type,
+                    "threads": torch.get_num_threads()})
     return CellResult(status="done", summary=summary, rounds=rounds,
                       wall_s=time.perf_counter() - start)
 

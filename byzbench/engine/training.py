@@ -147,7 +147,9 @@ def train_vectorized(model: BatchedModel, theta: torch.Tensor, data_x: torch.Ten
     for s in range(plan.steps):
         rows = plan.rows[s]
         active = actives[s]
-        grad = model.loss_grad(W, data_x[rows], data_y[rows], weights[s])
+        flat = rows.reshape(-1)
+        x = data_x.index_select(0, flat).view(*rows.shape, *data_x.shape[1:])
+        grad = model.loss_grad(W, x, data_y.index_select(0, flat).view(rows.shape), weights[s])
         if weight_decay:
             grad = grad + weight_decay * W
         if momentum:
@@ -156,7 +158,8 @@ def train_vectorized(model: BatchedModel, theta: torch.Tensor, data_x: torch.Ten
                 active, torch.where(started, momentum * buf + grad, grad), buf)
             started = started | active
             grad = buf
-        W = W - lr * grad if all_active[s] else torch.where(active, W - lr * grad, W)
+        stepped = torch.add(W, grad, alpha=-lr)
+        W = stepped if all_active[s] else torch.where(active, stepped, W)
     return W - theta
 
 
