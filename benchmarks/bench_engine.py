@@ -16,29 +16,17 @@
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import time
 
 import torch
+from _memory import peak_rss_mib, rss_mib
 
 from byzbench.config import CellConfig, ComponentSpec
 from byzbench.engine.simulation import run_cell
 from byzbench.engine.training import plan_batches, train_reference, train_vectorized
 from byzbench.models import BatchedMLP
 from byzbench.registry import DATASETS
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_it(fn, repeats: int) -> float:

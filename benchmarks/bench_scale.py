@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sqlite3
 import statistics
 import subprocess
@@ -37,19 +36,12 @@ import time
 from pathlib import Path
 
 import yaml
+from _memory import peak_rss_mib, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (10, 100, 1000)
 ROUNDS = 10
 PER_CLIENT = 50
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # ----------------------------------------------------------------------------- (a) one cell
@@ -83,7 +75,7 @@ def one_cell(clients: int, chunk: int | None, per_round: int | None, threads: in
     start = time.perf_counter()
     result = run_cell(config)
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     assert result.status == "done", result.error
     return {"clients": clients, "per_round": config.participants, "chunk": chunk,
             "wall_s": wall, "data_s": data_s, "rss_before_mib": before, "peak_mib": peak,
