@@ -109,13 +109,11 @@ def ray_task(cell: Cell, threads: int, sys_path: list[str], device: str | None
 
     from byzbench.runner import execute_cell
 
-    started = time.time()
     for entry in reversed(sys_path):  # the driver's paths, so package.module:Class plugins load
         if entry not in sys.path and os.path.isdir(entry):
             sys.path.insert(0, entry)
     torch.set_num_threads(threads)
-    result, tb = execute_cell(cell, device=device)
-    return result, tb, started
+    return execute_cell(cell, device=device)
 
 
 def _driver_sys_path() -> list[str]:

@@ -96,27 +96,22 @@ def preload_datasets(specs: list[ComponentSpec]) -> None:
             continue
 
 
-def _pool_task(cell: Cell) -> tuple[CellResult, str | None, float]:
-    """A pool worker's job: (result, traceback or None, the time the cell really started)."""
-    started = time.time()
-    result, tb = execute_cell(cell)
-    return result, tb, started
-
-
-def execute_cell(cell: Cell, device: str | None = None) -> tuple[CellResult, str | None]:
-    """Run one cell, turning any exception into a failed result (with its traceback).
+def execute_cell(cell: Cell, device: str | None = None
+                 ) -> tuple[CellResult, str | None, float]:
+    """Run one cell: (result, traceback or None, the time it started, stamped here by the
+    process that runs it). Any exception becomes a failed result with its traceback.
 
     ``device`` overrides the cell's ``device`` setting (it never changes the cell's numbers).
     """
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     try:
         import torch
 
-        return run_cell(cell.config, torch.device(device) if device else None), None
+        return run_cell(cell.config, torch.device(device) if device else None), None, started
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
         message = f"{type(exc).__name__}: {exc}"
         return (CellResult(status="failed", error=message, wall_s=time.perf_counter() - start),
-                traceback.format_exc())
+                traceback.format_exc(), started)
 
 
 def strict_check(grid: Grid) -> None:
@@ -234,9 +229,7 @@ def _run_inline(pending: list[Cell], emit: EventCallback,
     try:
         for cell in pending:
             emit("start", cell, None)
-            t0 = time.time()
-            result, tb = execute_cell(cell)
-            finish(cell, result, tb, t0)
+            finish(cell, *execute_cell(cell))
     finally:
         torch.set_num_threads(previous)
 
@@ -259,7 +252,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
             while queue and len(running) < workers:
                 cell = queue.pop()
                 emit("start", cell, None)
-                running[executor.submit(_pool_task, cell)] = (cell, time.time())
+                running[executor.submit(execute_cell, cell)] = (cell, time.time())
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 cell, t0 = running.pop(future)
