@@ -200,7 +200,9 @@ def run_ray(pending: list[Cell], emit: EmitCallback, finish: FinishCallback,
         except KeyboardInterrupt:
             for ref in running:
                 try:
-                    ray.cancel(ref, force=True)
+                    # not force=True: a forced cancel racing the task's completion aborts
+                    # the driver inside Ray ("Tried to complete task that was not pending")
+                    ray.cancel(ref)
                 except Exception:  # noqa: BLE001, S110 - best effort; it may have just finished
                     pass
             raise
