@@ -21,7 +21,6 @@ import difflib
 import hashlib
 import itertools
 import json
-import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from byzbench.registry import REGISTRIES, PluginError, UnknownComponentError
+from byzbench.threat import count_of
 
 COMPONENT_FIELDS: dict[str, str] = {
     "dataset": "dataset", "model": "model", "partition": "partition",
@@ -126,7 +126,7 @@ class CellConfig(_Strict):
     @property
     def num_malicious(self) -> int:
         """f = round-half-up(malicious_fraction × clients): 0.25 × 10 = 2.5 → 3."""
-        return int(math.floor(self.malicious_fraction * self.clients + 0.5 + 1e-9))
+        return count_of(self.malicious_fraction, self.clients)
 
     @property
     def participants(self) -> int:

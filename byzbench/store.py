@@ -39,6 +39,7 @@ ROUND_COLUMNS: dict[str, str] = {
     "n": "INTEGER", "malicious": "INTEGER", "accuracy": "REAL", "loss": "REAL", "asr": "REAL",
     "tp": "INTEGER", "fp": "INTEGER", "fn": "INTEGER", "tn": "INTEGER",
     "agg_ms": "REAL", "sign_ms": "REAL", "verify_ms": "REAL", "finite": "INTEGER",
+    "diagnostics": "TEXT",  # the verdict's diagnostics as JSON, when small
 }
 
 _SCHEMA = f"""
@@ -105,7 +106,17 @@ class ResultsStore:
         store = cls(directory / DB_NAME)
         with store.conn:
             store.conn.executescript(_SCHEMA)
+            store._add_missing_columns()
         return store
+
+    def _add_missing_columns(self) -> None:
+        """A database written by an older byzbench gains the columns added since (NULL in
+        its earlier rows), so resuming it keeps every result."""
+        for table, columns in (("cells", SUMMARY_COLUMNS), ("rounds", ROUND_COLUMNS)):
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            for name, sql_type in columns.items():
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
 
     @classmethod
     def open(cls, results_dir: str | Path) -> ResultsStore:

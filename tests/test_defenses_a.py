@@ -1,5 +1,5 @@
 """Defenses, part A: krum, multikrum, median, trimmed_mean, clustering, reputation, ecdsa,
-norm_clip, anomaly_filter, pipeline, signguard and the shared helpers in ``_common``."""
+norm_clip, anomaly_filter, pipeline, signguard and the geometry helpers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from byzbench.crypto import AttackerKey, ClientKeyring, Rejection, update_digests
-from byzbench.defenses import _common as C
+from byzbench.defenses import geometry as C
 from byzbench.defenses.base import DefenseSetup, RoundContext
 from byzbench.defenses.distance import krum_scores
 from byzbench.registry import DEFENSES
@@ -99,7 +99,7 @@ def test_krum_picks_lowest_score():
     assert v.aggregate.tolist() == [0.0, 1.0]
     assert flags(v) == [0, 1, 3, 4]
     assert v.weights.tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
-    assert krum.last_scores.tolist() == [5.0, 9.0, 3.0, 7.0, 309.0]
+    assert v.diagnostics["scores"].tolist() == [5.0, 9.0, 3.0, 7.0, 309.0]
 
 
 def test_multikrum_by_hand():
@@ -337,7 +337,7 @@ def test_valid_messages_pass(signed):
     assert flags(v) == []
     w = torch.arange(1, 7, dtype=torch.float32) / 21
     assert torch.allclose(v.weights, w) and torch.allclose(v.aggregate, w @ x, atol=1e-6)
-    assert ecdsa.last_verify_seconds > 0 and ecdsa.last_rejections == [None] * 6
+    assert v.verify_seconds > 0 and v.diagnostics["rejection"] == [None] * 6
 
 
 def test_flipped_bit_rejected(signed):
@@ -345,7 +345,7 @@ def test_flipped_bit_rejected(signed):
     y = x.clone()
     y.view(torch.int32)[2, 17] ^= 1  # one bit of one float
     v = _run(ecdsa, y, msgs, nonce, round_)
-    assert flags(v) == [2] and ecdsa.last_rejections[2] == Rejection.BAD_SIGNATURE.value
+    assert flags(v) == [2] and v.diagnostics["rejection"][2] == Rejection.BAD_SIGNATURE.value
     assert float(v.weights[2]) == 0.0
 
 
@@ -357,8 +357,8 @@ def test_replay_rejected(signed):
     replayed[1], replayed[3] = old_round[0], old_nonce[0]
     v = _run(ecdsa, x, replayed, nonce, round_)
     assert flags(v) == [1, 3]
-    assert ecdsa.last_rejections[1] == Rejection.WRONG_ROUND.value
-    assert ecdsa.last_rejections[3] == Rejection.WRONG_NONCE.value
+    assert v.diagnostics["rejection"][1] == Rejection.WRONG_ROUND.value
+    assert v.diagnostics["rejection"][3] == Rejection.WRONG_NONCE.value
 
 
 def test_unknown_key_rejected(signed):
@@ -367,7 +367,7 @@ def test_unknown_key_rejected(signed):
     m = list(msgs)
     m[5] = forged
     v = _run(ecdsa, x, m, nonce, round_, ids=[0, 1, 2, 3, 4, 99])
-    assert flags(v) == [5] and ecdsa.last_rejections[5] == Rejection.UNKNOWN_CLIENT.value
+    assert flags(v) == [5] and v.diagnostics["rejection"][5] == Rejection.UNKNOWN_CLIENT.value
 
 
 def test_wrong_client_id_rejected(signed):
@@ -375,10 +375,10 @@ def test_wrong_client_id_rejected(signed):
     m = list(msgs)
     m[1] = replace(msgs[1], client_id=2)  # client 1's message re-labelled as client 2
     v = _run(ecdsa, x, m, nonce, round_, ids=[0, 2, 2, 3, 4, 5])
-    assert flags(v) == [1] and ecdsa.last_rejections[1] == Rejection.BAD_SIGNATURE.value
+    assert flags(v) == [1] and v.diagnostics["rejection"][1] == Rejection.BAD_SIGNATURE.value
     # intact message, but the row is attributed to another client
     v = _run(ecdsa, x, msgs, nonce, round_, ids=[0, 1, 2, 3, 5, 5])
-    assert flags(v) == [4] and ecdsa.last_rejections[4] == "id_mismatch"
+    assert flags(v) == [4] and v.diagnostics["rejection"][4] == "id_mismatch"
 
 
 def test_signed_by_another_key_rejected(signed):
@@ -386,7 +386,7 @@ def test_signed_by_another_key_rejected(signed):
     m = list(msgs)
     m[3] = AttackerKey(scheme).forge(3, round_, nonce, update_digests(x[3:4])[0])
     v = _run(ecdsa, x, m, nonce, round_)
-    assert flags(v) == [3] and ecdsa.last_rejections[3] == Rejection.BAD_SIGNATURE.value
+    assert flags(v) == [3] and v.diagnostics["rejection"][3] == Rejection.BAD_SIGNATURE.value
 
 
 def test_keys_never_leave_memory():
@@ -436,7 +436,7 @@ def test_pipeline_ecdsa_multikrum():
     assert flags(v) == [0, 9]
     assert torch.allclose(v.weights, torch.tensor([0.0] + [1 / 8] * 8 + [0.0]))
     assert torch.allclose(v.aggregate, y[1:9].mean(0), atol=1e-6)
-    assert pipe.last_verify_seconds > 0
+    assert v.verify_seconds > 0 and v.diagnostics["0.ecdsa.rejection"][0] == "bad_signature"
 
 
 def test_pipeline_median_last_reports_earlier_flags_only():
@@ -516,7 +516,7 @@ def test_signguard_composition():
     rep = sg.layers[2].table.get(torch.arange(2, 10)).float()
     assert torch.allclose(v.weights[2:], rep / rep.sum(), atol=1e-6)
     assert torch.allclose(v.aggregate, v.weights @ y.nan_to_num(), atol=1e-5)
-    assert sg.last_verify_seconds > 0
+    assert v.verify_seconds > 0 and v.diagnostics["1.anomaly_filter.z_norm"][1] > 3.0
     assert sg.requirement(6, 2) is not None and sg.requirement(7, 2) is None
 
 

@@ -29,7 +29,7 @@ def make(name: str, server_update=None, n: int = 10, d: int = 4, f: int = 1, **p
     cls = DEFENSES.get(name)
     defense = cls(cls.Params(**params))
     if server_update is None:
-        def server_update(theta):  # a plausible honest direction
+        def server_update(theta, round_):  # a plausible honest direction
             return torch.ones(d, dtype=theta.dtype)
     defense.setup(DefenseSetup(num_clients=max(n, 1), clients_per_round=n, f=f, dim=d, seed=0,
                                device=torch.device("cpu"), server_update=server_update))
@@ -248,7 +248,7 @@ def test_fltrust_by_hand():
     x = torch.tensor([[6.0, 8.0],      # cos 1,   TS 1,   rescaled (3, 4)
                       [0.0, 2.0],      # cos 0.8, TS 0.8, rescaled (0, 5)
                       [-3.0, -4.0]])   # cos −1,  TS 0
-    v = run("fltrust", x, server_update=lambda theta: g0)
+    v = run("fltrust", x, server_update=lambda theta, r: g0)
     assert close(v.aggregate, [(3.0 + 0.0) / 1.8, (4.0 + 0.8 * 5.0) / 1.8])
     assert close(v.weights, [1.0 / 1.8, 0.8 / 1.8, 0.0])                # TS_i / Σ TS
     assert v.flagged.tolist() == [False, False, True]
@@ -261,7 +261,7 @@ def test_fltrust_needs_server_update_and_survives_bad_rows():
         defense(torch.ones(3, 2), ctx(3, d=2))
     g0 = torch.tensor([1.0, 1.0])
     x = torch.tensor([[1.0, 0.9], [float("nan"), 1.0], [1e30, 1e30], [0.9, 1.0]])
-    v = run("fltrust", x, server_update=lambda theta: g0)
+    v = run("fltrust", x, server_update=lambda theta, r: g0)
     assert torch.isfinite(v.aggregate).all() and v.aggregate.norm() <= g0.norm() * 1.0001
     assert v.flagged.tolist() == [False, True, False, False]
     assert v.weights[1] == 0
@@ -339,7 +339,7 @@ def test_clear_case_flags_exactly_the_outliers(name, params, bad):
     signs = name == "sign_statistics"   # sign statistics need a sign imbalance to see a flip
     x, k = _clear_case(bad=bad, d=2000 if signs else 200, bias=0.8 if signs else 0.0)
     u = x[k:].mean(dim=0)
-    v = run(name, x, f=k, server_update=lambda theta: u, **params)
+    v = run(name, x, f=k, server_update=lambda theta, r: u, **params)
     assert v.flagged.tolist() == [True] * k + [False] * (len(x) - k)
     assert bool((v.weights[:k] == 0).all())
 
@@ -450,7 +450,7 @@ def test_bad_rows_never_give_nan(name, bad):
     honest = torch.randn(10, 6, generator=gen)
     x = torch.cat([torch.full((1, 6), BAD_ROWS[bad]), honest])
     x[0, 0] = -x[0, 0] if bad != "nan" else x[0, 0]
-    v = run(name, x, f=2, server_update=lambda theta: honest.mean(dim=0))
+    v = run(name, x, f=2, server_update=lambda theta, r: honest.mean(dim=0))
     assert torch.isfinite(v.aggregate).all() and torch.isfinite(v.weights).all()
     assert v.aggregate.shape == (6,) and v.weights.shape == (11,)
     if bad in ("nan", "inf"):
@@ -529,12 +529,12 @@ def test_property_bad_rows_stay_outside_the_result(n_honest, d, seed, bad, n_bad
 @pytest.mark.parametrize("name", NAMES)
 def test_all_rows_non_finite_and_f_beyond_n(name):
     x = torch.full((5, 3), float("nan"))
-    v = run(name, x, f=2, server_update=lambda theta: torch.ones(3))
+    v = run(name, x, f=2, server_update=lambda theta, r: torch.ones(3))
     assert torch.isfinite(v.aggregate).all() and bool((v.weights == 0).all())
     y = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
-    v = run(name, y, f=9, server_update=lambda theta: torch.ones(3))   # f > n: clamp
+    v = run(name, y, f=9, server_update=lambda theta, r: torch.ones(3))   # f > n: clamp
     assert torch.isfinite(v.aggregate).all()
-    v = run(name, y[:1], f=1, server_update=lambda theta: torch.ones(3))  # a single client
+    v = run(name, y[:1], f=1, server_update=lambda theta, r: torch.ones(3))  # a single client
     assert torch.isfinite(v.aggregate).all()
 
 
@@ -551,7 +551,7 @@ def test_permutation_equivariance(name):
 
     def verdict(rows, ids):
         c = ctx(len(rows), f=3, d=x.shape[1], ids=ids, global_params=theta)
-        return run(name, rows, f=3, server_update=lambda t: u, c=c, **DETERMINISTIC[name])
+        return run(name, rows, f=3, server_update=lambda t, r: u, c=c, **DETERMINISTIC[name])
 
     a = verdict(x, torch.arange(len(x)))
     b = verdict(x[perm], perm)            # client ids travel with their rows

@@ -13,9 +13,9 @@ boosts its update). The engine guarantees that only malicious rows change in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -55,6 +55,12 @@ class AttackContext:
     transport attacks, the clients whose messages it targets. ``reference`` marks the rows
     it may read as benign estimates: the honest rows under omniscient knowledge, the
     malicious clients' own honestly-computed updates under ``knowledge: own``.
+
+    ``oracle`` is the cell's defense as a plain, side-effect-free callable: given a
+    hypothetical ``[n, d]`` update matrix of this round it returns the defense's
+    :class:`~byzbench.defenses.base.Verdict` (``aggregate``, ``weights``, ``flagged``)
+    without changing the defense's state (attacks never import defenses). It knows the
+    rule and its state, not the server's randomness. ``None`` outside the engine.
     """
 
     round: int
@@ -64,6 +70,7 @@ class AttackContext:
     generator: torch.Generator
     defense_name: str
     nonce: bytes | None = None  # the server's challenge for this round, when signing is on
+    oracle: Callable[[torch.Tensor], Any] | None = None
 
     @property
     def n(self) -> int:

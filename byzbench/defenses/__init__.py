@@ -12,11 +12,10 @@ from byzbench.defenses.base import (
     Privacy,
     RoundContext,
     Verdict,
-    nonfinite_rows,
-    weighted_mean,
+    VerdictError,
 )
 
 import_submodules(__name__, __path__)
 
 __all__ = ["Defense", "DefenseParams", "DefenseSetup", "Privacy", "RoundContext", "Verdict",
-           "nonfinite_rows", "weighted_mean"]
+           "VerdictError"]

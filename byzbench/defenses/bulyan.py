@@ -7,14 +7,8 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    coordinate_median,
-    empty_verdict,
-    finite_subset,
-    pairwise_sq_distances,
-    scatter_rows,
-)
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import coordinate_median, pairwise_sq_distances
 from byzbench.registry import DEFENSES
 
 
@@ -72,8 +66,10 @@ class Bulyan(Defense):
     Params: ClassVar[type[BulyanParams]] = BulyanParams
     paper: ClassVar[str] = ("El Mhamdi, Guerraoui & Rouault, The Hidden Vulnerability of "
                             "Distributed Learning in Byzantium, ICML 2018")
-    privacy: ClassVar[Privacy] = Privacy(True, False, False, "pairwise distances between "
-                                         "plaintext updates")
+    privacy: ClassVar[Privacy] = Privacy(
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="pairwise distances between plaintext updates")
+    stateless: ClassVar[bool] = True
 
     def requirement(self, n: int, f: int) -> str | None:
         if n < 4 * f + 3:
@@ -82,15 +78,11 @@ class Bulyan(Defense):
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         p: BulyanParams = self.params
-        n, d = updates.shape
-        device = updates.device
-        idx, x = finite_subset(updates)
-        m = idx.numel()
-        if m == 0:
-            return empty_verdict(n, d, updates.dtype, device)
-        # non-finite rows count among the f assumed attackers; clamp to what the m finite
-        # rows support (m ≥ 4f+3)
-        f = max(0, min(int(ctx.f) - (n - m), (m - 3) // 4))
+        x = updates
+        m, d = x.shape
+        device = x.device
+        # clamp f to what the m rows support (m ≥ 4f+3)
+        f = max(0, min(int(ctx.f), (m - 3) // 4))
         theta = m - 2 * f
         beta = theta - 2 * f
 
@@ -126,6 +118,4 @@ class Bulyan(Defense):
         weights[chosen] = w_sel
         selected = torch.zeros(m, dtype=torch.bool, device=device)
         selected[chosen] = True
-        flagged = scatter_rows(~selected, idx, n, fill=True)
-        return Verdict(aggregate=aggregate, weights=scatter_rows(weights, idx, n),
-                       flagged=flagged)
+        return Verdict(aggregate=aggregate, weights=weights, flagged=~selected)

@@ -7,15 +7,6 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    coordinate_median,
-    empty_verdict,
-    finite_rows,
-    nonfinite_flags,
-    normalized_weights,
-    row_norms,
-    scatter_rows,
-)
 from byzbench.defenses.base import (
     Defense,
     DefenseParams,
@@ -24,6 +15,7 @@ from byzbench.defenses.base import (
     RoundContext,
     Verdict,
 )
+from byzbench.defenses.geometry import coordinate_median, normalized_weights, row_norms
 from byzbench.registry import DEFENSES
 
 
@@ -42,14 +34,15 @@ class CenteredClipping(Defense):
     """Centered clipping (Karimireddy, He & Jaggi, ICML 2021): starting from the previous
     aggregate v, repeat L times v ← v + (1/m) Σ_i (x_i − v)·min(1, τ/‖x_i − v‖) over the
     m finite updates. No per-client decision (``flagged`` is ``None``, except non-finite
-    rows, which are excluded and flagged)."""
+    rows, which are excluded and flagged). A round with no finite row leaves the centre as
+    it was."""
 
     Params: ClassVar[type[CenteredClippingParams]] = CenteredClippingParams
     paper: ClassVar[str] = ("Karimireddy, He & Jaggi, Learning from History for Byzantine "
                             "Robust Optimization, ICML 2021")
     privacy: ClassVar[Privacy] = Privacy(
-        False, False, False,
-        "clients can clip x_i − v themselves against the broadcast centre, so each iteration "
+        needs_plaintext_updates=False, needs_server_data=False, keeps_client_state=False,
+        note="clients can clip x_i − v themselves against the broadcast centre, so each iteration "
         "is a plain mean (secure aggregation works, one round per extra iteration); keeps "
         "the previous aggregate (not per-client state)")
 
@@ -63,13 +56,8 @@ class CenteredClipping(Defense):
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         p: CenteredClippingParams = self.params
-        n, d = updates.shape
-        ok = finite_rows(updates)
-        idx = torch.nonzero(ok).squeeze(1)
-        m = idx.numel()
-        if m == 0:  # nothing usable: no step, and the centre stays as it was
-            return empty_verdict(n, d, updates.dtype, updates.device)
-        x = updates if idx.numel() == n else updates[idx]   # no copy when all finite
+        x = updates
+        m, d = x.shape
         if p.center == "median":
             v = coordinate_median(x)
         elif self._previous is not None and self._previous.shape == (d,):
@@ -86,5 +74,4 @@ class CenteredClipping(Defense):
         if p.center == "previous":
             self._previous = v.detach().clone()
         w = normalized_weights(w).to(updates.dtype)
-        return Verdict(aggregate=v, weights=scatter_rows(w, idx, n),
-                       flagged=nonfinite_flags(ok))
+        return Verdict(aggregate=v, weights=w, flagged=None)

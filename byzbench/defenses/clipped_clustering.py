@@ -8,13 +8,6 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    empty_verdict,
-    finite_subset,
-    pairwise_cosine,
-    row_norms,
-    scatter_rows,
-)
 from byzbench.defenses.base import (
     Defense,
     DefenseParams,
@@ -23,6 +16,7 @@ from byzbench.defenses.base import (
     RoundContext,
     Verdict,
 )
+from byzbench.defenses.geometry import pairwise_cosine, row_norms
 from byzbench.registry import DEFENSES
 
 
@@ -63,7 +57,8 @@ class ClippedClustering(Defense):
                             "Aggregation Schemes in Federated Learning, IEEE Transactions on "
                             "Big Data 2023")
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, False, "pairwise cosine between plaintext updates; keeps the history of "
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="pairwise cosine between plaintext updates; keeps the history of "
         "update norms (not per client)")
 
     def __init__(self, params: ClippedClusteringParams | None = None) -> None:
@@ -78,12 +73,9 @@ class ClippedClustering(Defense):
         from sklearn.cluster import AgglomerativeClustering  # ~0.5 s to import: only where used
 
         p: ClippedClusteringParams = self.params
-        n, d = updates.shape
-        device = updates.device
-        idx, x = finite_subset(updates)
-        m = idx.numel()
-        if m == 0:
-            return empty_verdict(n, d, updates.dtype, device)
+        x = updates
+        m = x.shape[0]
+        device = x.device
         norms = row_norms(x)                                         # float64 [m]
         if p.norm_history:
             self._norms.append(norms.cpu())
@@ -108,5 +100,5 @@ class ClippedClustering(Defense):
         coef = (scale[keep] / k).to(updates.dtype)                     # mean of clipped rows
         aggregate = coef @ x[keep]
         w = keep.to(updates.dtype) / k                                 # each kept row's share
-        return Verdict(aggregate=aggregate, weights=scatter_rows(w, idx, n),
-                       flagged=scatter_rows(~keep, idx, n, fill=True))
+        return Verdict(aggregate=aggregate, weights=w, flagged=~keep,
+                       diagnostics={"clip_norm": tau})

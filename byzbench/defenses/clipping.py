@@ -7,17 +7,8 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    LayerStep,
-    StepDefense,
-    coordinate_median,
-    empty_step,
-    finite_rows,
-    mean_of,
-    nonfinite_flags,
-    row_norms,
-)
-from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext
+from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import coordinate_median, mean_of, normalized_weights, row_norms
 from byzbench.registry import DEFENSES
 
 
@@ -39,7 +30,7 @@ class NormClipParams(DefenseParams):
 
 
 @DEFENSES.register("norm_clip")
-class NormClip(StepDefense, Defense):
+class NormClip(Defense):
     """Norm clipping (Sun, Kairouz, Suresh, McMahan, Can You Really Backdoor Federated
     Learning?, 2019): Δ_i ← Δ_i · min(1, τ / ‖Δ_i‖); as a layer it passes the clipped rows
     on, alone it averages them. No per-client decision (flagged = None, except non-finite
@@ -49,26 +40,17 @@ class NormClip(StepDefense, Defense):
     paper: ClassVar[str] = ("Sun, Kairouz, Suresh, McMahan, Can You Really Backdoor Federated "
                             "Learning?, arXiv:1911.07963, 2019")
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, False,
-        "needs each update's norm (clipping can also be done client-side, see the paper)")
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="needs each update's norm (clipping can also be done client-side, see the paper)")
+    stateless: ClassVar[bool] = True
 
-    last_bound: float = 0.0
-
-    def step(self, updates: torch.Tensor, ctx: RoundContext,
-             weights: torch.Tensor) -> LayerStep:
-        n = updates.shape[0]
-        ok = finite_rows(updates)
-        if not bool(ok.any()):
-            return empty_step(updates)
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         norms = row_norms(updates)
         if self.params.max_norm is not None:
             bound = float(self.params.max_norm)
         else:
-            bound = float(coordinate_median(norms[ok][:, None])[0])
-        self.last_bound = bound
+            bound = float(coordinate_median(norms[:, None])[0])
         clipped = clip_rows(updates, norms, bound)
-        w = torch.where(ok, weights.to(updates.dtype),
-                        torch.zeros(n, dtype=updates.dtype, device=updates.device))
-        total = w.sum()
-        w = w / total if bool(total > 0) else w
-        return LayerStep(clipped, w, nonfinite_flags(ok), mean_of(clipped, w))
+        w = normalized_weights(ctx.weights.to(updates.device, updates.dtype))
+        return Verdict(aggregate=mean_of(clipped, w), weights=w, flagged=None,
+                       passed=clipped, diagnostics={"bound": bound})

@@ -19,17 +19,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    LayerStep,
-    StepDefense,
-    empty_step,
-    finite_subset,
-    mean_of,
-    pairwise_sq_distances,
-    row_norms,
-    row_scale,
-)
-from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext
+from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import mean_of, pairwise_sq_distances, row_norms, row_scale
 from byzbench.registry import DEFENSES
 
 
@@ -63,7 +54,7 @@ class ClusteringParams(DefenseParams):
 
 
 @DEFENSES.register("clustering")
-class Clustering(StepDefense, Defense):
+class Clustering(Defense):
     """KMeans clustering defense (in the spirit of Shen et al., Auror, ACSAC 2016 and
     Sattler et al., 2020): cluster the updates with scikit-learn's KMeans (k = n_clusters,
     euclidean or cosine), average the largest cluster and flag every other client."""
@@ -72,20 +63,16 @@ class Clustering(StepDefense, Defense):
     paper: ClassVar[str] = ("Shen, Tople, Saxena, Auror: Defending against Poisoning Attacks "
                             "in Collaborative Deep Learning Systems, ACSAC 2016")
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, False, "needs every plaintext update (clusters them)")
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="needs every plaintext update (clusters them)")
+    stateless: ClassVar[bool] = True
 
-    last_labels: np.ndarray | None = None
-
-    def step(self, updates: torch.Tensor, ctx: RoundContext,
-             weights: torch.Tensor) -> LayerStep:
-        n = updates.shape[0]
-        idx, x = finite_subset(updates)
-        n_ok = int(idx.numel())
-        if n_ok == 0:
-            return empty_step(updates)
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
+        x = updates
+        n_ok = x.shape[0]
         k = min(self.params.n_clusters, n_ok)
         if k <= 1:
-            keep_local = torch.ones(n_ok, dtype=torch.bool, device=updates.device)
+            keep = torch.ones(n_ok, dtype=torch.bool, device=updates.device)
             labels = np.zeros(n_ok, dtype=np.int64)
         else:
             from sklearn.cluster import KMeans  # ~0.5 s to import: only where used
@@ -99,16 +86,14 @@ class Clustering(StepDefense, Defense):
                 labels = KMeans(n_clusters=k, n_init=self.params.n_init,
                                 random_state=seed).fit(coords).labels_
             keep_label = self._largest(labels, x)
-            keep_local = torch.as_tensor(labels == keep_label, device=updates.device)
-        self.last_labels = labels
-        keep = torch.zeros(n, dtype=torch.bool, device=updates.device)
-        keep[idx[keep_local]] = True
-        w_in = weights.to(updates.dtype)
+            keep = torch.as_tensor(labels == keep_label, device=updates.device)
+        w_in = ctx.weights.to(updates.device, updates.dtype)
         w_out = torch.where(keep, w_in, torch.zeros_like(w_in))
         if not bool(w_out.sum() > 0):
             w_out = keep.to(updates.dtype)
         w_out = w_out / w_out.sum()
-        return LayerStep(updates, w_out, ~keep, mean_of(updates, w_out))
+        return Verdict(aggregate=mean_of(updates, w_out), weights=w_out, flagged=~keep,
+                       diagnostics={"cluster": torch.from_numpy(labels).to(torch.float64)})
 
     @staticmethod
     def _largest(labels: np.ndarray, x: torch.Tensor) -> int:

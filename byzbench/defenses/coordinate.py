@@ -1,8 +1,8 @@
 """Coordinate-wise robust aggregators: median and trimmed mean (Yin et al., ICML 2018).
 
 Each coordinate is aggregated on its own, so neither rule decides about a client as a
-whole: ``flagged`` is ``None`` (detection "n/a") — except that rows holding NaN/Inf are
-excluded and flagged, so a round with non-finite rows reports them as detected.
+whole: ``flagged`` is ``None`` (detection "n/a") — except that the base class excludes and
+flags rows holding NaN/Inf, so a round with non-finite rows reports them as detected.
 ``weights`` are effective weights: the share of coordinates at which each row is the
 median (median) or survives the trimming (trimmed mean), normalised to sum to 1 (counted
 on at most 65,536 evenly spaced coordinates for large d).
@@ -17,23 +17,15 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    LayerStep,
-    StepDefense,
-    empty_step,
-    finite_rows,
-    nonfinite_flags,
-    normalized_weights,
-    scatter_rows,
-    sort_columns,
-)
-from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext
+from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import normalized_weights, sort_columns
 from byzbench.registry import DEFENSES
 
 YIN_PAPER = ("Yin, Chen, Ramchandran, Bartlett, Byzantine-Robust Distributed Learning: "
              "Towards Optimal Statistical Rates, ICML 2018")
-_PRIVACY = Privacy(True, False, False,
-                   "needs every plaintext update (per-coordinate order statistics)")
+_PRIVACY = Privacy(needs_plaintext_updates=True, needs_server_data=False,
+                   keeps_client_state=False,
+                   note="needs every plaintext update (per-coordinate order statistics)")
 
 
 def trimmed_mean_of_sorted(srt: torch.Tensor, b: int) -> torch.Tensor:
@@ -59,28 +51,19 @@ def _kept_share(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Te
     return normalized_weights(counts)
 
 
-class _CoordinateBase(StepDefense, Defense):
+class _CoordinateBase(Defense):
     privacy: ClassVar[Privacy] = _PRIVACY
     paper: ClassVar[str] = YIN_PAPER
+    stateless: ClassVar[bool] = True
 
-    def _aggregate_finite(self, x: torch.Tensor, f: int, removed: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(aggregate [d], effective weights [n']) of the finite rows ``x``; ``removed``
-        non-finite rows were dropped and ``f`` already counts them out."""
+    def _aggregate_rows(self, x: torch.Tensor, ctx: RoundContext
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(aggregate [d], effective weights [n]) of the rows ``x``."""
         raise NotImplementedError
 
-    def step(self, updates: torch.Tensor, ctx: RoundContext,
-             weights: torch.Tensor) -> LayerStep:
-        n = updates.shape[0]
-        ok = finite_rows(updates)
-        idx = torch.nonzero(ok).squeeze(1)
-        if idx.numel() == 0:
-            return empty_step(updates)
-        x = updates if idx.numel() == n else updates[idx]
-        removed = n - int(idx.numel())
-        aggregate, share = self._aggregate_finite(x, max(int(ctx.f) - removed, 0), removed)
-        w = scatter_rows(share.to(updates.dtype), idx, n, 0.0)
-        return LayerStep(updates, w, nonfinite_flags(ok), aggregate)
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
+        aggregate, share = self._aggregate_rows(updates, ctx)
+        return Verdict(aggregate=aggregate, weights=share.to(updates.dtype), flagged=None)
 
 
 class MedianParams(DefenseParams):
@@ -95,8 +78,8 @@ class Median(_CoordinateBase):
 
     Params: ClassVar[type[MedianParams]] = MedianParams
 
-    def _aggregate_finite(self, x: torch.Tensor, f: int, removed: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _aggregate_rows(self, x: torch.Tensor, ctx: RoundContext
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         srt = sort_columns(x)
         lo, hi = srt[(n - 1) // 2], srt[n // 2]
@@ -130,12 +113,12 @@ class TrimmedMean(_CoordinateBase):
                     f"got n={n}")
         return None
 
-    def _aggregate_finite(self, x: torch.Tensor, f: int, removed: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        # b for the full round, less the non-finite rows already removed (they are among
-        # the assumed attackers), clamped so that at least one value per coordinate stays.
-        b = self.trim_count(n + removed, f + removed) - removed
+    def _aggregate_rows(self, x: torch.Tensor, ctx: RoundContext
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, removed = x.shape[0], ctx.dropped
+        # b for the full round, less the rows already removed (they are among the assumed
+        # attackers), clamped so that at least one value per coordinate stays.
+        b = self.trim_count(n + removed, int(ctx.f) + removed) - removed
         b = min(max(b, 0), (n - 1) // 2)
         srt = sort_columns(x)
         aggregate = trimmed_mean_of_sorted(srt, b)

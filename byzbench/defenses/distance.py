@@ -2,9 +2,9 @@
 
 Both score every update by the sum of squared Euclidean distances to its ``n − f − 2``
 nearest neighbours, computed from one ``[n, n]`` distance matrix that a single matrix
-product gives (:func:`byzbench.defenses._common.pairwise_sq_distances`).
+product gives (:func:`byzbench.defenses.geometry.pairwise_sq_distances`).
 
-Non-finite rows are flagged and removed first; each counts against the assumed budget
+The base class removes non-finite rows first; each counts against the assumed budget
 (``f' = max(f − k, 0)`` for ``k`` non-finite rows: a row of NaN is Byzantine by definition),
 so the neighbour count ``n' − f' − 2`` and Multi-Krum's default ``m = n' − f'`` stay those of
 the full round. ``f'`` is clamped to what the round supports (``n' > 2f' + 2``) when client
@@ -18,15 +18,8 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    LayerStep,
-    StepDefense,
-    empty_step,
-    finite_subset,
-    mean_of,
-    pairwise_sq_distances,
-)
-from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext
+from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import mean_of, pairwise_sq_distances
 from byzbench.registry import DEFENSES
 
 KRUM_PAPER = ("Blanchard, El Mhamdi, Guerraoui, Stainer, Machine Learning with Adversaries: "
@@ -45,10 +38,9 @@ def krum_scores(sq_dist: torch.Tensor, f: int) -> torch.Tensor:
     return torch.topk(d, k, dim=1, largest=False).values.sum(dim=1)
 
 
-def krum_f(f: int, n_finite: int, n_nonfinite: int) -> int:
-    """The assumed count Krum uses on the finite rows: ``f − k``, clamped to ``n' > 2f' + 2``."""
-    f = max(f - n_nonfinite, 0)
-    return min(f, max((n_finite - 3) // 2, 0))
+def krum_f(f: int, n: int) -> int:
+    """The assumed count Krum uses on ``n`` rows: ``f`` clamped to ``n > 2f + 2``."""
+    return min(max(f, 0), max((n - 3) // 2, 0))
 
 
 def _krum_requirement(name: str, n: int, f: int) -> str | None:
@@ -68,38 +60,31 @@ class MultiKrumParams(DefenseParams):
         description="updates averaged, those with the m lowest Krum scores (default n − f)")
 
 
-class _KrumBase(StepDefense, Defense):
+class _KrumBase(Defense):
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, False, "needs every plaintext update (pairwise distances)")
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="needs every plaintext update (pairwise distances)")
     paper: ClassVar[str] = KRUM_PAPER
+    stateless: ClassVar[bool] = True
 
-    last_scores: torch.Tensor | None = None
-
-    def _select(self, n_finite: int, f: int) -> int:
+    def _select(self, n: int, f: int) -> int:
         raise NotImplementedError
 
-    def step(self, updates: torch.Tensor, ctx: RoundContext,
-             weights: torch.Tensor) -> LayerStep:
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         n = updates.shape[0]
-        idx, x = finite_subset(updates)
-        n_ok = int(idx.numel())
-        if n_ok == 0:
-            return empty_step(updates)
-        f = krum_f(int(ctx.f), n_ok, n - n_ok)
-        scores = krum_scores(pairwise_sq_distances(x), f)
-        self.last_scores = torch.full((n,), float("inf"), dtype=scores.dtype,
-                                      device=scores.device).index_copy_(0, idx, scores)
-        m = self._select(n_ok, f)
-        chosen = idx[torch.argsort(scores, stable=True)[:m]]
+        f = krum_f(int(ctx.f), n)
+        scores = krum_scores(pairwise_sq_distances(updates), f)
+        m = self._select(n, f)
+        chosen = torch.argsort(scores, stable=True)[:m]
         selected = torch.zeros(n, dtype=torch.bool, device=updates.device)
         selected[chosen] = True
-        w_in = weights.to(updates.dtype)
+        w_in = ctx.weights.to(updates.device, updates.dtype)
         w_out = torch.where(selected, w_in, torch.zeros_like(w_in))
         if not bool(w_out.sum() > 0):  # incoming weights all zero on the chosen rows
             w_out = selected.to(updates.dtype)
         w_out = w_out / w_out.sum()
-        aggregate = mean_of(updates, w_out)
-        return LayerStep(updates, w_out, ~selected, aggregate)
+        return Verdict(aggregate=mean_of(updates, w_out), weights=w_out, flagged=~selected,
+                       diagnostics={"scores": scores})
 
 
 @DEFENSES.register("krum")
@@ -113,7 +98,7 @@ class Krum(_KrumBase):
     def requirement(self, n: int, f: int) -> str | None:
         return _krum_requirement("krum", n, f)
 
-    def _select(self, n_finite: int, f: int) -> int:
+    def _select(self, n: int, f: int) -> int:
         return 1
 
 
@@ -130,6 +115,6 @@ class MultiKrum(_KrumBase):
             reason = f"multikrum averages m={self.params.m} updates but only n={n} take part"
         return reason
 
-    def _select(self, n_finite: int, f: int) -> int:
-        m = self.params.m if self.params.m is not None else n_finite - f
-        return min(max(m, 1), n_finite)
+    def _select(self, n: int, f: int) -> int:
+        m = self.params.m if self.params.m is not None else n - f
+        return min(max(m, 1), n)

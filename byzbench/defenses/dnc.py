@@ -7,13 +7,8 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    empty_verdict,
-    finite_subset,
-    gram,
-    scatter_rows,
-)
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import gram
 from byzbench.registry import DEFENSES
 
 
@@ -52,18 +47,17 @@ class DnC(Defense):
     paper: ClassVar[str] = ("Shejwalkar & Houmansadr, Manipulating the Byzantine: Optimizing "
                             "Model Poisoning Attacks and Defenses for Federated Learning, "
                             "NDSS 2021")
-    privacy: ClassVar[Privacy] = Privacy(True, False, False, "spectral analysis of the "
-                                         "plaintext updates")
+    privacy: ClassVar[Privacy] = Privacy(
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="spectral analysis of the plaintext updates")
+    stateless: ClassVar[bool] = True
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         p: DnCParams = self.params
-        n, d = updates.shape
-        device = updates.device
-        idx, x = finite_subset(updates)
-        m = idx.numel()
-        if m == 0:
-            return empty_verdict(n, d, updates.dtype, device)
-        f = max(int(ctx.f) - (n - m), 0)      # non-finite rows count among the attackers
+        x = updates
+        m, d = x.shape
+        device = x.device
+        f = int(ctx.f)
         remove = min(int(p.filter_frac * f), m - 1)
         good = torch.ones(m, dtype=torch.bool, device=device)
         if remove > 0:
@@ -84,5 +78,4 @@ class DnC(Defense):
                 good = kept
         w = good.to(updates.dtype) / int(good.sum())
         aggregate = w[good] @ x[good]
-        return Verdict(aggregate=aggregate, weights=scatter_rows(w, idx, n),
-                       flagged=scatter_rows(~good, idx, n, fill=True))
+        return Verdict(aggregate=aggregate, weights=w, flagged=~good)

@@ -9,15 +9,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from byzbench.defenses._common import (
-    empty_verdict,
-    finite_subset,
-    pairwise_cosine,
-    pairwise_sq_distances,
-    row_norms,
-    scatter_rows,
-)
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import pairwise_cosine, pairwise_sq_distances, row_norms
 from byzbench.registry import DEFENSES
 
 
@@ -97,8 +90,10 @@ class Flame(Defense):
     Params: ClassVar[type[FlameParams]] = FlameParams
     paper: ClassVar[str] = ("Nguyen et al., FLAME: Taming Backdoors in Federated Learning, "
                             "USENIX Security 2022")
+    stateless: ClassVar[bool] = True
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, False, "pairwise cosine between plaintext models (the paper runs this "
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="pairwise cosine between plaintext models (the paper runs this "
         "in secure two-party computation; here in the clear); adds Gaussian noise to the "
         "aggregate")
 
@@ -106,13 +101,9 @@ class Flame(Defense):
         from sklearn.cluster import HDBSCAN  # ~0.5 s to import: only where used
 
         p: FlameParams = self.params
-        n, d = updates.shape
-        device = updates.device
-        idx, x = finite_subset(updates)
-        m = idx.numel()
-        if m == 0:
-            return empty_verdict(n, d, updates.dtype, device)
-
+        x = updates
+        m, d = x.shape
+        device = x.device
         admitted = torch.ones(m, dtype=torch.bool, device=device)
         if m >= 3:
             if p.cluster_on == "models":
@@ -141,5 +132,5 @@ class Flame(Defense):
             g = ctx.generator
             noise = torch.randn(d, generator=g, device=g.device, dtype=updates.dtype)
             aggregate = aggregate + sigma * noise.to(device)
-        return Verdict(aggregate=aggregate, weights=scatter_rows(w, idx, n),
-                       flagged=scatter_rows(~admitted, idx, n, fill=True))
+        return Verdict(aggregate=aggregate, weights=w, flagged=~admitted,
+                       diagnostics={"clip_norm": s_t, "admitted": int(k)})

@@ -7,8 +7,8 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import cosine_to, finite_rows, row_norms
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import cosine_to, row_norms
 from byzbench.registry import DEFENSES
 
 
@@ -27,8 +27,10 @@ class FLTrust(Defense):
     Params: ClassVar[type[FLTrustParams]] = FLTrustParams
     paper: ClassVar[str] = ("Cao, Fang, Liu & Gong, FLTrust: Byzantine-robust Federated "
                             "Learning via Trust Bootstrapping, NDSS 2021")
+    stateless: ClassVar[bool] = True
     privacy: ClassVar[Privacy] = Privacy(
-        True, True, False, "needs root_size clean samples held by the server (taken out of "
+        needs_plaintext_updates=True, needs_server_data=True, keeps_client_state=False,
+        note="needs root_size clean samples held by the server (taken out of "
         "the training data) and each client's plaintext update")
 
     def root_data_size(self) -> int:
@@ -37,18 +39,18 @@ class FLTrust(Defense):
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         n, d = updates.shape
         device = updates.device
-        server_update = getattr(getattr(self, "cell", None), "server_update", None)
+        server_update = self.cell.server_update if self.cell is not None else None
         if server_update is None:
             raise RuntimeError("fltrust needs the server's root-data update: "
                                "DefenseSetup.server_update was not provided (root_size > 0)")
-        g0 = server_update(ctx.global_params).to(device=device, dtype=updates.dtype).reshape(-1)
+        g0 = server_update(ctx.global_params, ctx.round)
+        g0 = g0.to(device=device, dtype=updates.dtype).reshape(-1)
         zero = Verdict(aggregate=updates.new_zeros(d), weights=updates.new_zeros(n),
                        flagged=torch.ones(n, dtype=torch.bool, device=device))
         if not bool(torch.isfinite(g0).all()):
             return zero
         g0_norm = float(row_norms(g0[None, :])[0])
-        trust = cosine_to(updates, g0).clamp(min=0.0)          # ReLU(cos); 0 for non-finite
-        trust = torch.where(finite_rows(updates), trust, torch.zeros_like(trust))
+        trust = cosine_to(updates, g0).clamp(min=0.0)          # ReLU(cos)
         total = trust.sum()
         if g0_norm == 0.0 or not bool(total > 0):
             return zero
@@ -56,4 +58,5 @@ class FLTrust(Defense):
         coef = (trust[keep] * (g0_norm / row_norms(updates[keep])) / total).to(updates.dtype)
         aggregate = coef @ updates[keep]                  # Σ TS_i·(‖g₀‖/‖g_i‖)·g_i / Σ TS_i
         w = (trust / total).to(updates.dtype)             # TS_i / Σ TS: each client's share
-        return Verdict(aggregate=aggregate, weights=w, flagged=~keep)
+        return Verdict(aggregate=aggregate, weights=w, flagged=~keep,
+                       diagnostics={"trust": trust})

@@ -7,12 +7,6 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    finite_rows,
-    normalized_weights,
-    pairwise_cosine,
-    scatter_rows,
-)
 from byzbench.defenses.base import (
     Defense,
     DefenseParams,
@@ -20,6 +14,12 @@ from byzbench.defenses.base import (
     Privacy,
     RoundContext,
     Verdict,
+)
+from byzbench.defenses.geometry import (
+    finite_rows,
+    normalized_weights,
+    pairwise_cosine,
+    scatter_rows,
 )
 from byzbench.registry import DEFENSES
 
@@ -70,7 +70,8 @@ class FoolsGold(Defense):
     paper: ClassVar[str] = ("Fung, Yoon & Beschastnikh, The Limitations of Federated Learning "
                             "in Sybil Settings, RAID 2020")
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, True, "stores every client's running sum of plaintext updates "
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=True,
+        note="stores every client's running sum of plaintext updates "
         "(a [clients, d] matrix), keyed by client id")
 
     def __init__(self, params: FoolsGoldParams | None = None) -> None:
@@ -103,7 +104,7 @@ class FoolsGold(Defense):
         n, d = updates.shape
         device = updates.device
         ids = ctx.client_ids.to(device=device, dtype=torch.long)
-        usable = finite_rows(updates) & (ids >= 0)
+        usable = ids >= 0                     # rows that stand for one client (not a group)
         idx = torch.nonzero(usable).squeeze(1)
         if idx.numel() == 0:
             return Verdict(aggregate=updates.new_zeros(d), weights=updates.new_zeros(n),

@@ -7,15 +7,8 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    coordinate_median,
-    empty_verdict,
-    finite_rows,
-    nonfinite_flags,
-    row_norms,
-    scatter_rows,
-)
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import coordinate_median, row_norms
 from byzbench.registry import DEFENSES
 
 
@@ -43,26 +36,23 @@ class GeoMed(Defense):
     Params: ClassVar[type[GeoMedParams]] = GeoMedParams
     paper: ClassVar[str] = ("Pillutla, Kakade & Harchaoui, Robust Aggregation for Federated "
                             "Learning, IEEE Transactions on Signal Processing 2022")
+    stateless: ClassVar[bool] = True
     privacy: ClassVar[Privacy] = Privacy(
-        False, False, False,
-        "each Weiszfeld step is a weighted mean whose weights clients compute from the "
-        "broadcast estimate, so secure aggregation can run it (one extra round per iteration)")
+        needs_plaintext_updates=False, needs_server_data=False, keeps_client_state=False,
+        note="each Weiszfeld step is a weighted mean whose weights clients compute from the "
+        "broadcast estimate, so secure aggregation can run it (one extra round per "
+        "iteration)")
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         p: GeoMedParams = self.params
-        n, d = updates.shape
-        ok = finite_rows(updates)
-        idx = torch.nonzero(ok).squeeze(1)
-        if idx.numel() == 0:
-            return empty_verdict(n, d, updates.dtype, updates.device)
-        x = updates if idx.numel() == n else updates[idx]   # no copy when all finite
+        x = updates
+        alpha = ctx.weights.to(x.device, torch.float64)
+        alpha = alpha / alpha.max()  # uniform incoming weights become exactly 1
         if p.weighting == "samples":
-            alpha = ctx.num_samples.to(updates.device)[idx].to(torch.float64).clamp(min=0)
-            alpha = torch.nan_to_num(alpha, nan=0.0, posinf=0.0)
-            if not bool(alpha.sum() > 0):
-                alpha = torch.ones_like(alpha)
-        else:
-            alpha = torch.ones(idx.numel(), dtype=torch.float64, device=updates.device)
+            samples = ctx.num_samples.to(x.device, torch.float64).clamp(min=0)
+            alpha = alpha * torch.nan_to_num(samples, nan=0.0, posinf=0.0)
+        if not bool(alpha.sum() > 0):
+            alpha = torch.ones_like(alpha)
         alpha = alpha / alpha.sum()
 
         v = coordinate_median(x) if p.init == "median" else alpha.to(x.dtype) @ x
@@ -72,5 +62,4 @@ class GeoMed(Defense):
             beta = alpha / dist.clamp(min=p.nu)
             w = beta / beta.sum()
             v = w.to(x.dtype) @ x
-        return Verdict(aggregate=v, weights=scatter_rows(w.to(updates.dtype), idx, n),
-                       flagged=nonfinite_flags(ok))
+        return Verdict(aggregate=v, weights=w.to(x.dtype), flagged=None)

@@ -7,15 +7,21 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    LayerStep,
-    StepDefense,
+from byzbench.defenses.base import (
+    Defense,
+    DefenseParams,
+    DefenseSetup,
+    Privacy,
+    RoundContext,
+    Verdict,
+)
+from byzbench.defenses.geometry import (
     coordinate_median,
     cosine_to,
     finite_rows,
     mean_of,
+    normalized_weights,
 )
-from byzbench.defenses.base import Defense, DefenseParams, DefenseSetup, Privacy, RoundContext
 from byzbench.registry import DEFENSES
 
 
@@ -57,7 +63,7 @@ class ReputationTable:
 
 
 @DEFENSES.register("reputation")
-class Reputation(StepDefense, Defense):
+class Reputation(Defense):
     """Reputation weighting (the seed document's layer; cosine trust to a reference as in
     FLTrust, Cao et al. NDSS 2021, accumulated as an exponential moving average):
     score = (1 + cos(Δ_i, coordinate median))/2
@@ -70,26 +76,24 @@ class Reputation(StepDefense, Defense):
                             "Trust Bootstrapping, NDSS 2021 (here: the coordinate median, "
                             "no server data)")
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, True, "needs every plaintext update; keeps a reputation per client id")
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=True,
+        note="needs every plaintext update; keeps a reputation per client id")
+    # a client that sends NaN/Inf scores 0 and its reputation falls (the rule sees such rows)
+    sees_nonfinite: ClassVar[bool] = True
 
     def __init__(self, params: ReputationParams | None = None) -> None:
         super().__init__(params)
         self.table = ReputationTable(1.0)
-        self.last_scores: torch.Tensor | None = None
 
     def setup(self, setup: DefenseSetup) -> None:
         super().setup(setup)
         self.table = ReputationTable(1.0)
 
-    def step(self, updates: torch.Tensor, ctx: RoundContext,
-             weights: torch.Tensor) -> LayerStep:
-        n = updates.shape[0]
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         ok = finite_rows(updates)
-        x = updates if bool(ok.all()) else updates[ok]
-        reference = coordinate_median(x)
+        reference = coordinate_median(updates if bool(ok.all()) else updates[ok])
         scores = torch.where(ok, (1.0 + cosine_to(updates, reference)) / 2.0,
-                             torch.zeros(n, dtype=torch.float64, device=updates.device))
-        self.last_scores = scores
+                             torch.zeros(ok.shape, dtype=torch.float64, device=updates.device))
         # one reputation per distinct claimed id; rows sharing an id share their mean score
         ids = ctx.client_ids.to(torch.long).cpu()
         uniq, inverse = torch.unique(ids, return_inverse=True)
@@ -100,8 +104,8 @@ class Reputation(StepDefense, Defense):
         self.table.set(uniq, new)
         rep = new[inverse].to(updates.device)
         flagged = (rep < self.params.threshold) | ~ok
-        w = torch.where(flagged, torch.zeros_like(rep), weights.to(torch.float64) * rep)
-        total = w.sum()
-        w = w / total if bool(total > 0) else w
-        w = w.to(updates.dtype)
-        return LayerStep(updates, w, flagged, mean_of(updates, w))
+        w = torch.where(flagged, torch.zeros_like(rep),
+                        ctx.weights.to(updates.device, torch.float64) * rep)
+        w = normalized_weights(w).to(updates.dtype)
+        return Verdict(aggregate=mean_of(updates, w), weights=w, flagged=flagged,
+                       diagnostics={"score": scores, "reputation": rep})

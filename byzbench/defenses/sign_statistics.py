@@ -8,13 +8,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from byzbench.defenses._common import (
-    empty_verdict,
-    finite_subset,
-    row_norms,
-    scatter_rows,
-)
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.geometry import row_norms
 from byzbench.registry import DEFENSES
 
 
@@ -68,17 +63,16 @@ class SignStatistics(Defense):
     paper: ClassVar[str] = ("Xu, Huang, Song & Lan, SignGuard: Byzantine-robust Federated "
                             "Learning through Collaborative Malicious Gradient Filtering, "
                             "ICDCS 2022")
-    privacy: ClassVar[Privacy] = Privacy(True, False, False, "norms and coordinate signs of "
-                                         "the plaintext updates")
+    privacy: ClassVar[Privacy] = Privacy(
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="norms and coordinate signs of the plaintext updates")
+    stateless: ClassVar[bool] = True
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         p: SignStatisticsParams = self.params
-        n, d = updates.shape
-        device = updates.device
-        idx, x = finite_subset(updates)
-        m = idx.numel()
-        if m == 0:
-            return empty_verdict(n, d, updates.dtype, device)
+        x = updates
+        m, d = x.shape
+        device = x.device
         g = ctx.generator
 
         # 1. norm filter around the median norm
@@ -101,8 +95,8 @@ class SignStatistics(Defense):
 
         keep = by_norm & by_sign
         if not bool(keep.any()):
-            return Verdict(aggregate=updates.new_zeros(d), weights=updates.new_zeros(n),
-                           flagged=torch.ones(n, dtype=torch.bool, device=device))
+            return Verdict(aggregate=x.new_zeros(d), weights=x.new_zeros(m),
+                           flagged=torch.ones(m, dtype=torch.bool, device=device))
         # 3. clip to the median norm and average
         scale = torch.ones_like(norms)
         if p.clip and med > 0:
@@ -110,8 +104,7 @@ class SignStatistics(Defense):
         k = int(keep.sum())
         aggregate = (scale[keep] / k).to(updates.dtype) @ x[keep]       # mean of clipped rows
         w = keep.to(updates.dtype) / k                                  # each kept row's share
-        return Verdict(aggregate=aggregate, weights=scatter_rows(w, idx, n),
-                       flagged=scatter_rows(~keep, idx, n, fill=True))
+        return Verdict(aggregate=aggregate, weights=w, flagged=~keep)
 
     @staticmethod
     def _majority(feats: np.ndarray, seed: int, p: SignStatisticsParams) -> np.ndarray:

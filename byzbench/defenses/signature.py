@@ -17,8 +17,15 @@ import torch
 from pydantic import Field
 
 from byzbench.crypto import PublicKeyRegistry
-from byzbench.defenses._common import LayerStep, StepDefense, finite_rows, mean_of
-from byzbench.defenses.base import Defense, DefenseParams, DefenseSetup, Privacy, RoundContext
+from byzbench.defenses.base import (
+    Defense,
+    DefenseParams,
+    DefenseSetup,
+    Privacy,
+    RoundContext,
+    Verdict,
+)
+from byzbench.defenses.geometry import mean_of, normalized_weights
 from byzbench.registry import DEFENSES
 
 
@@ -31,7 +38,7 @@ class EcdsaParams(DefenseParams):
 
 
 @DEFENSES.register("ecdsa")
-class Ecdsa(StepDefense, Defense):
+class Ecdsa(Defense):
     """Signature verification layer (ECDSA P-256 with SHA-256, FIPS 186-4 / SEC 1; or
     Ed25519, RFC 8032): verify each client's signature over (id, round, nonce, SHA-256 of
     the update) against its registered public key; flagged = rejected messages (and
@@ -42,18 +49,16 @@ class Ecdsa(StepDefense, Defense):
                             "Bernstein et al., High-speed high-security signatures, CHES 2011 "
                             "(Ed25519)")
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, False,
-        "hashes each plaintext update to verify it; stores only registered public keys")
-    needs_signatures: ClassVar[bool] = True
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="hashes each plaintext update to verify it; stores only registered public keys")
+    stateless: ClassVar[bool] = True
 
     def __init__(self, params: EcdsaParams | None = None) -> None:
         super().__init__(params)
         self.public_keys: PublicKeyRegistry | None = None
-        self.last_verify_seconds: float = 0.0
-        self.last_rejections: list[str | None] = []
 
     @property
-    def signature_scheme(self) -> str:
+    def signature_scheme(self) -> str:  # type: ignore[override]
         return self.params.scheme
 
     def setup(self, setup: DefenseSetup) -> None:
@@ -69,14 +74,13 @@ class Ecdsa(StepDefense, Defense):
             return ctx.num_samples.to(updates.device, updates.dtype)
         return super().initial_weights(updates, ctx)
 
-    def verify(self, updates: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
-        """[n] bool: messages that verify and whose claimed id is the row's client id.
-
-        Records ``last_verify_seconds`` and ``last_rejections`` (reason per row or None).
-        """
+    def verify(self, updates: torch.Tensor, ctx: RoundContext
+               ) -> tuple[torch.Tensor, list[str | None], float]:
+        """([n] bool: messages that verify and whose claimed id is the row's client id,
+        the rejection reason of each row or None, the seconds verification took)."""
         if self.public_keys is None:
             raise RuntimeError("ecdsa needs the registered public keys: setup() got none "
-                               "(the engine signs updates when needs_signatures is True)")
+                               "(the engine signs updates when signature_scheme is set)")
         if ctx.messages is None or ctx.nonce is None:
             raise RuntimeError("ecdsa needs signed messages and the round's nonce in the "
                                "RoundContext (signing is off?)")
@@ -86,24 +90,21 @@ class Ecdsa(StepDefense, Defense):
         start = time.perf_counter()
         valid, reasons = self.public_keys.verify_round(ctx.messages, updates, ctx.round,
                                                        ctx.nonce)
-        self.last_verify_seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         claimed = torch.tensor([m.client_id for m in ctx.messages], dtype=torch.long)
         same_id = claimed == ctx.client_ids.to("cpu", torch.long)
-        self.last_rejections = [
-            r.value if r is not None else (None if s else "id_mismatch")
-            for r, s in zip(reasons, same_id.tolist())
-        ]
-        return (torch.as_tensor(valid, dtype=torch.bool) & same_id).to(updates.device)
+        rejections = [r.value if r is not None else (None if s else "id_mismatch")
+                      for r, s in zip(reasons, same_id.tolist())]
+        accepted = (torch.as_tensor(valid, dtype=torch.bool) & same_id).to(updates.device)
+        return accepted, rejections, seconds
 
-    def step(self, updates: torch.Tensor, ctx: RoundContext,
-             weights: torch.Tensor) -> LayerStep:
-        accepted = self.verify(updates, ctx) & finite_rows(updates)
-        w = torch.where(accepted, weights.to(updates.dtype),
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
+        accepted, rejections, seconds = self.verify(updates, ctx)
+        w = torch.where(accepted, ctx.weights.to(updates.device, updates.dtype),
                         torch.zeros(updates.shape[0], dtype=updates.dtype,
                                     device=updates.device))
-        total = w.sum()
-        if not bool(total > 0) and bool(accepted.any()):
+        if not bool(w.sum() > 0) and bool(accepted.any()):
             w = accepted.to(updates.dtype)
-            total = w.sum()
-        w = w / total if bool(total > 0) else w
-        return LayerStep(updates, w, ~accepted, mean_of(updates, w))
+        w = normalized_weights(w)
+        return Verdict(aggregate=mean_of(updates, w), weights=w, flagged=~accepted,
+                       diagnostics={"rejection": rejections}, verify_seconds=seconds)

@@ -19,20 +19,16 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from byzbench.defenses._common import (
-    LayerStep,
-    StepDefense,
+from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.distance import MultiKrum, MultiKrumParams
+from byzbench.defenses.geometry import (
     coordinate_median,
     cosine_to,
-    empty_step,
-    finite_subset,
     mean_of,
+    normalized_weights,
     robust_zscores,
     row_norms,
-    scatter_rows,
 )
-from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext
-from byzbench.defenses.distance import MultiKrum, MultiKrumParams
 from byzbench.defenses.pipeline import Composite
 from byzbench.defenses.reputation import Reputation, ReputationParams
 from byzbench.defenses.signature import Ecdsa, EcdsaParams
@@ -49,7 +45,7 @@ class AnomalyFilterParams(DefenseParams):
 
 
 @DEFENSES.register("anomaly_filter")
-class AnomalyFilter(StepDefense, Defense):
+class AnomalyFilter(Defense):
     """Robust z-score anomaly filter (robust outlier detection with median and MAD,
     Iglewicz & Hoaglin 1993; used on update norms and cosine similarities as in Xu et al.,
     SignGuard, ICDCS 2022): flag updates with norm z-score > t or cosine-to-median z-score
@@ -61,36 +57,25 @@ class AnomalyFilter(StepDefense, Defense):
                             "Byzantine-robust Federated Learning through Collaborative "
                             "Malicious Gradient Filtering, ICDCS 2022")
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, False, "needs every plaintext update (norms, cosine to the median)")
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
+        note="needs every plaintext update (norms, cosine to the median)")
+    stateless: ClassVar[bool] = True
 
-    last_z_norm: torch.Tensor | None = None
-    last_z_cos: torch.Tensor | None = None
-
-    def step(self, updates: torch.Tensor, ctx: RoundContext,
-             weights: torch.Tensor) -> LayerStep:
-        n = updates.shape[0]
-        idx, x = finite_subset(updates)
-        if idx.numel() == 0:
-            return empty_step(updates)
-        reference = coordinate_median(x)
-        z_norm = robust_zscores(row_norms(x))
-        z_cos = robust_zscores(cosine_to(x, reference))
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
+        reference = coordinate_median(updates)
+        z_norm = robust_zscores(row_norms(updates))
+        z_cos = robust_zscores(cosine_to(updates, reference))
         t = self.params.z_threshold
-        bad = (z_norm > t) | (z_cos < -t)
+        flagged = (z_norm > t) | (z_cos < -t)
         if self.params.two_sided:
-            bad |= z_norm < -t
-        inf = float("inf")
-        self.last_z_norm = scatter_rows(z_norm, idx, n, inf)
-        self.last_z_cos = scatter_rows(z_cos, idx, n, -inf)
-        flagged = scatter_rows(bad, idx, n, True)
-        w = torch.where(flagged, torch.zeros(n, dtype=updates.dtype, device=updates.device),
-                        weights.to(updates.dtype))
-        total = w.sum()
-        if not bool(total > 0) and bool((~flagged).any()):
+            flagged |= z_norm < -t
+        w = torch.where(flagged, torch.zeros_like(ctx.weights),
+                        ctx.weights).to(updates.device, updates.dtype)
+        if not bool(w.sum() > 0) and bool((~flagged).any()):
             w = (~flagged).to(updates.dtype)
-            total = w.sum()
-        w = w / total if bool(total > 0) else w
-        return LayerStep(updates, w, flagged, mean_of(updates, w))
+        w = normalized_weights(w)
+        return Verdict(aggregate=mean_of(updates, w), weights=w, flagged=flagged,
+                       diagnostics={"z_norm": z_norm, "z_cos": z_cos})
 
 
 class SignGuardParams(DefenseParams):
@@ -117,9 +102,9 @@ class SignGuard(Composite):
     paper: ClassVar[str] = ("the seed document's system: ECDSA (FIPS 186-4) + robust z-score "
                             "filter + reputation + Multi-Krum (Blanchard et al., NeurIPS 2017)")
     privacy: ClassVar[Privacy] = Privacy(
-        True, False, True,
-        "needs every plaintext update; keeps a reputation per client id; stores public keys")
-    needs_signatures: ClassVar[bool] = True
+        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=True,
+        note="needs every plaintext update; keeps a reputation per client id; stores public "
+             "keys")
 
     def __init__(self, params: SignGuardParams | None = None) -> None:
         super().__init__(params)

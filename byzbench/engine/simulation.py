@@ -23,9 +23,11 @@ once per round on the host; an attack or defense may add its own.
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from byzbench.attacks.base import Attack, AttackContext, AttackSetup
 from byzbench.config import CellConfig, ComponentSpec
 from byzbench.crypto import ClientKeyring
 from byzbench.data.base import Dataset
-from byzbench.defenses.base import Defense, DefenseSetup, RoundContext
+from byzbench.defenses.base import Defense, DefenseSetup, RoundContext, Verdict, check_verdict
 from byzbench.engine.training import (
     ClientData,
     evaluate_sums,
@@ -49,6 +51,7 @@ from byzbench.metrics import detection_counts, summarize_rounds
 from byzbench.models import BatchedModel
 from byzbench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONS
 from byzbench.seeding import numpy_rng, torch_generator
+from byzbench.threat import assumed_malicious
 
 
 @dataclass
@@ -82,11 +85,8 @@ def resolve_device(name: str) -> torch.device:
 
 def assumed_f(config: CellConfig, defense: Defense) -> int:
     """The malicious count per round that the defender assumes."""
-    n = config.participants
-    fraction = getattr(defense.params, "assumed_fraction", None)
-    if fraction is not None:
-        return int(math.floor(fraction * n + 0.5 + 1e-9))
-    return int(math.floor(config.num_malicious * n / config.clients + 0.5 + 1e-9))
+    return assumed_malicious(config.participants, config.clients, config.num_malicious,
+                             getattr(defense.params, "assumed_fraction", None))
 
 
 def skip_reason(config: CellConfig) -> str | None:
@@ -137,9 +137,8 @@ class Simulation:
         self.theta = self.model.init(torch_generator(self.seed, "init")).to(self.device)
         self.keyring: ClientKeyring | None = None
         public_keys = None
-        if self.defense.needs_signatures:
-            scheme = (getattr(self.defense, "signature_scheme", None)
-                      or getattr(self.defense.params, "scheme", "ecdsa-p256"))
+        scheme = self.defense.signature_scheme
+        if scheme is not None:
             self.keyring = ClientKeyring(range(c.clients), scheme)
             public_keys = self.keyring.public_registry()
         self.root = (x_train[root_rows].to(self.device), y_train[root_rows].to(self.device))
@@ -147,7 +146,7 @@ class Simulation:
             num_clients=c.clients, clients_per_round=c.participants, f=self.f_assumed,
             dim=self.model.dim, seed=self.seed, device=self.device, public_keys=public_keys,
             server_update=self._server_update if len(root_rows) else None))
-        self._server_round = 0
+        self._server_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     # -- setup helpers ---------------------------------------------------------------------
 
@@ -198,17 +197,23 @@ class Simulation:
         return train_chunked(self.model, self.theta, x, y, plan, loc.lr, loc.momentum,
                              loc.weight_decay, chunk=self.chunk)
 
-    def _server_update(self, theta: torch.Tensor) -> torch.Tensor:
-        """The server's own update on its root data (FLTrust), from ``theta``."""
+    def _server_update(self, theta: torch.Tensor, round_: int) -> torch.Tensor:
+        """The server's own update on its root data (FLTrust), from ``theta`` in round
+        ``round_``: a pure function of the two (its mini-batches are seeded by the round),
+        computed once when a preview and the round itself ask for the same one."""
+        cached = self._server_cache
+        if cached is not None and cached[0] == round_ and cached[1] is theta:
+            return cached[2]
         x, y = self.root
         index = torch.arange(len(y)).unsqueeze(0)
         counts = torch.tensor([len(y)])
         loc = self.config.local
-        self._server_round += 1
         plan = plan_batches(index, counts, loc.batch_size, loc.steps, loc.epochs,
-                            torch_generator(self.seed, "root-batches", self._server_round))
-        return train_vectorized(self.model, theta, x, y, plan.to(theta.device), loc.lr,
-                                loc.momentum, loc.weight_decay)[0]
+                            torch_generator(self.seed, "root-batches", round_ + 1))
+        update = train_vectorized(self.model, theta, x, y, plan.to(theta.device), loc.lr,
+                                  loc.momentum, loc.weight_decay)[0]
+        self._server_cache = (round_, theta, update)
+        return update
 
     # -- the round loop --------------------------------------------------------------------
 
@@ -239,9 +244,14 @@ class Simulation:
         truth = malicious & attack_on
         reference = malicious if self.attack.knowledge == "own" else ~malicious
         nonce = numpy_rng(self.seed, "nonce", r).bytes(16) if self.keyring else None
+        rctx = RoundContext(round=r, client_ids=ids, num_samples=counts.to(updates.dtype),
+                            f=self.f_assumed,
+                            generator=torch_generator(self.seed, "defense", r),
+                            global_params=self.theta, nonce=nonce)
         ctx = AttackContext(round=r, client_ids=ids, malicious=malicious, reference=reference,
                             generator=torch_generator(self.seed, "attack", r),
-                            defense_name=c.defense.name, nonce=nonce)
+                            defense_name=c.defense.name, nonce=nonce,
+                            oracle=self._oracle(clients, rctx))
         if attack_on and any_malicious and self.attack.stage != "transport":
             poisoned = self.attack.poison_updates(updates.clone(), ctx)
             updates = torch.where(malicious.unsqueeze(1), poisoned.to(updates.dtype), updates)
@@ -255,17 +265,14 @@ class Simulation:
             updates, messages = inter.updates, inter.messages
             truth = inter.touched.bool().to(dev)
 
-        rctx = RoundContext(round=r, client_ids=ids, num_samples=counts.to(updates.dtype),
-                            f=self.f_assumed,
-                            generator=torch_generator(self.seed, "defense", r),
-                            global_params=self.theta, messages=messages, nonce=nonce)
         timer = _Timer(dev)
-        verdict = self.defense(updates, rctx)
+        verdict = self.defense(updates, replace(rctx, messages=messages))
         timer.stop()
+        n = len(clients)
+        check_verdict(self.defense, verdict, n, self.model.dim, values=False)
         self.theta = self.theta + c.server.lr * verdict.aggregate.to(self.theta.dtype)
 
         # everything the round reports, fetched from the device in one copy
-        n = len(clients)
         fetch = [truth.to(torch.float64).reshape(-1),
                  torch.isfinite(self.theta).all().to(torch.float64).reshape(1)]
         flagged = verdict.flagged
@@ -291,9 +298,9 @@ class Simulation:
                                "malicious": int(truth_h.sum()),
                                "agg_ms": timer.seconds() * 1e3,
                                "sign_ms": None if sign_s is None else sign_s * 1e3,
-                               "verify_ms": _ms(getattr(self.defense, "last_verify_seconds",
-                                                        None)),
-                               "finite": finite}
+                               "verify_ms": _ms(verdict.verify_seconds),
+                               "finite": finite,
+                               "diagnostics": diagnostics_json(verdict.diagnostics)}
         row.update(detection_counts(flagged_h, truth_h))
         if evaluating:
             correct, loss_sum = host[at].item(), host[at + 1].item()
@@ -303,6 +310,27 @@ class Simulation:
             if self.triggered is not None:
                 row["asr"] = host[at + 2].item()
         return row
+
+    def _oracle(self, clients: np.ndarray, rctx: RoundContext
+                ) -> Callable[[torch.Tensor], Verdict]:
+        """The round's defense as a side-effect-free callable on a hypothetical ``[n, d]``
+        update matrix (what defense-aware attacks query). It runs the defense's
+        :meth:`~byzbench.defenses.base.Defense.preview` on the round's context with a
+        stream of its own (the attacker knows the rule and its state, not the server's coin
+        flips); when the defense verifies signatures, the rows are signed as the clients
+        would sign them (malicious clients sign their own poisoned updates)."""
+        octx = replace(rctx, generator=torch_generator(self.seed, "oracle", rctx.round))
+        keyring, defense = self.keyring, self.defense
+        ids = clients.tolist()
+
+        def oracle(rows: torch.Tensor) -> Verdict:
+            ctx = octx
+            if keyring is not None:
+                ctx = replace(octx, messages=keyring.sign_round(ids, octx.round, octx.nonce,
+                                                                rows)[0])
+            return defense.preview(rows, ctx)
+
+        return oracle
 
     def run(self) -> list[dict[str, Any]]:
         return [self.run_round(r) for r in range(self.config.rounds)]
@@ -337,6 +365,35 @@ class _Timer:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
+
+
+DIAGNOSTICS_LIMIT = 256  # numbers per round: larger diagnostics are not stored
+
+
+def diagnostics_json(diagnostics: Mapping[str, Any]) -> str | None:
+    """A verdict's diagnostics as JSON for the round's row, or None when there are none or
+    they hold more than :data:`DIAGNOSTICS_LIMIT` values (a per-row score of a large
+    federation); NaN and ±Inf become null."""
+    if not diagnostics:
+        return None
+    size = sum(v.numel() if isinstance(v, torch.Tensor) else
+               len(v) if isinstance(v, (list, tuple)) else 1 for v in diagnostics.values())
+    if size > DIAGNOSTICS_LIMIT:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in diagnostics.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().tolist()
+        out[key] = _finite_or_none(value)
+    return json.dumps(out, allow_nan=False)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def run_cell(config: CellConfig, device: torch.device | None = None) -> CellResult:

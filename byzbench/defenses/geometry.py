@@ -1,39 +1,34 @@
-"""Shared, vectorised helpers for defenses: safe geometry on an ``[n, d]`` update matrix.
+"""Overflow-safe geometry and robust statistics on an ``[n, d]`` update matrix.
 
-Attackers may send rows holding NaN, ±Inf or absurd magnitudes (1e30). The helpers here
-never return NaN for such input:
+Pure functions, no state, no Python loop over clients or coordinates; the defenses build on
+them. Attackers may send rows holding NaN, ±Inf or absurd magnitudes (1e30); the functions
+here never return NaN for such input:
 
-- :func:`finite_rows` tells which rows are usable at all (non-finite rows are excluded and
-  flagged by every robust defense);
+- :func:`finite_rows` / :func:`finite_subset`: which rows are usable at all;
 - :func:`gram` computes ``X Xᵀ`` (optionally centred) with matrix products in the input
-  dtype over column blocks, accumulated in float64; when a finite row's squared norm overflows the input dtype, it recomputes the
-  product on row-scaled data so every entry stays exact within float64 range;
+  dtype over column blocks, accumulated in float64; when a finite row's squared norm
+  overflows the input dtype, it recomputes the product on row-scaled data so every entry
+  stays exact within float64 range;
 - :func:`pairwise_sq_distances` is ``‖a‖² + ‖b‖² − 2ab`` from one Gram matrix of the rows
   *centred on a typical row* (less cancellation), clamped at 0, float64, ``+inf`` for
   non-finite rows;
 - :func:`pairwise_cosine`, :func:`cosine_to`, :func:`row_norms`: overflow-safe;
-- :func:`coordinate_median`, :func:`robust_zscores`: robust statistics;
-- :func:`scatter_rows`, :func:`empty_verdict`, :func:`sub_context`, :func:`mean_of`,
-  :func:`nonfinite_flags`: bookkeeping when a defense works on a subset of the round's rows;
-- :class:`LayerStep` and :class:`StepDefense`: the optional protocol by which a defense
-  takes incoming weights and passes rows on inside a pipeline (:mod:`.pipeline`).
+- :func:`coordinate_median`, :func:`sort_columns`, :func:`robust_zscores`: robust statistics;
+- :func:`scatter_rows`, :func:`normalized_weights`, :func:`mean_of`: weights and means.
 
-All helper functions are pure (no state), operate on the input's device and contain no
-Python loop over clients or coordinates. This module's names are a stable interface other
-defense modules import; add to it, do not change signatures.
+The round bookkeeping (non-finite rows, the assumed count f, scattering a verdict back to
+the round's rows) is not here: :meth:`byzbench.defenses.base.Defense.__call__` does it once
+for every defense.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import numpy as np
 import torch
 
-from byzbench.defenses.base import RoundContext, Verdict
-
 __all__ = [
     "finite_rows",
+    "finite_subset",
     "row_norms",
     "row_scale",
     "gram",
@@ -44,13 +39,8 @@ __all__ = [
     "coordinate_median",
     "robust_zscores",
     "scatter_rows",
-    "empty_verdict",
-    "sub_context",
     "normalized_weights",
     "mean_of",
-    "LayerStep",
-    "StepDefense",
-    "nonfinite_flags",
 ]
 
 
@@ -276,30 +266,6 @@ def finite_subset(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, (updates if idx.numel() == updates.shape[0] else updates[idx])
 
 
-def empty_verdict(n: int, d: int, dtype: torch.dtype, device: torch.device) -> Verdict:
-    """Nothing usable this round: zero update, zero weights, everyone flagged."""
-    return Verdict(aggregate=torch.zeros(d, dtype=dtype, device=device),
-                   weights=torch.zeros(n, dtype=dtype, device=device),
-                   flagged=torch.ones(n, dtype=torch.bool, device=device))
-
-
-def empty_step(updates: torch.Tensor) -> LayerStep:
-    """The layer step of a round with no finite row: :func:`empty_verdict`, rows passed on."""
-    v = empty_verdict(updates.shape[0], updates.shape[1], updates.dtype, updates.device)
-    return LayerStep(updates, v.weights, v.flagged, v.aggregate)
-
-
-def sub_context(ctx: RoundContext, index: torch.Tensor, f: int | None = None) -> RoundContext:
-    """The round context restricted to rows ``index`` (ids, sample counts, messages), with
-    the assumed malicious count set to ``f`` (default: unchanged)."""
-    idx = index.to(ctx.client_ids.device)
-    messages = None
-    if ctx.messages is not None:
-        messages = [ctx.messages[i] for i in idx.tolist()]
-    return replace(ctx, client_ids=ctx.client_ids[idx], num_samples=ctx.num_samples[idx],
-                   f=ctx.f if f is None else f, messages=messages)
-
-
 def normalized_weights(weights: torch.Tensor) -> torch.Tensor:
     """``weights / Σ weights`` (non-negative, finite); the zero vector when the sum is 0."""
     w = torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0)
@@ -323,49 +289,3 @@ def mean_of(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return w.to(updates.dtype) @ updates
     idx = torch.nonzero(keep).squeeze(1)
     return w[idx].to(updates.dtype) @ updates[idx]
-
-
-@dataclass(frozen=True)
-class LayerStep:
-    """What one layer of a pipeline passes on (see :mod:`byzbench.defenses.pipeline`).
-
-    ``updates`` are the rows handed to the next layer (the input, or transformed ones such as
-    clipped rows); ``weights`` the outgoing weights (incoming weights × this layer's
-    reweighting, 0 = excluded); ``flagged`` this layer's rejections (``None``: no
-    per-client decision); ``aggregate`` what this layer would apply if it were the last.
-    """
-
-    updates: torch.Tensor
-    weights: torch.Tensor
-    flagged: torch.Tensor | None
-    aggregate: torch.Tensor
-
-    def verdict(self) -> Verdict:
-        return Verdict(aggregate=self.aggregate, weights=self.weights, flagged=self.flagged)
-
-
-class StepDefense:
-    """Mixin for defenses that can run as a weighted pipeline layer.
-
-    Subclasses implement ``step(updates, ctx, weights) -> LayerStep`` where ``weights`` [n]
-    are the incoming non-negative weights (uniform when the defense runs alone; the
-    surviving weights of earlier layers inside a pipeline). ``aggregate`` runs ``step`` with
-    :meth:`initial_weights`.
-    """
-
-    def initial_weights(self, updates: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
-        n = updates.shape[0]
-        return torch.full((n,), 1.0 / max(n, 1), dtype=updates.dtype, device=updates.device)
-
-    def step(self, updates: torch.Tensor, ctx: RoundContext,
-             weights: torch.Tensor) -> LayerStep:
-        raise NotImplementedError
-
-    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
-        return self.step(updates, ctx, self.initial_weights(updates, ctx)).verdict()
-
-
-def nonfinite_flags(ok: torch.Tensor) -> torch.Tensor | None:
-    """Flags for a rule that makes no per-client decision except excluding non-finite rows:
-    ``None`` when every row is finite (detection "n/a"), else the non-finite rows."""
-    return None if bool(ok.all()) else ~ok
