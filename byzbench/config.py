@@ -30,7 +30,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from byzbench.registry import REGISTRIES, PluginError, UnknownComponentError
+from byzbench.registry import (
+    REGISTRIES,
+    PluginError,
+    SpecError,
+    UnknownComponentError,
+    split_spec,
+)
 
 COMPONENT_FIELDS: dict[str, str] = {
     "dataset": "dataset", "model": "model", "partition": "partition",
@@ -202,22 +208,10 @@ class _Resolver:
     def component(self, kind: str, entry: Any, where: str, extra: dict[str, Any] | None = None,
                   exact: bool = False) -> ComponentSpec:
         """Resolve ``entry`` (a name or a mapping) into a spec with validated parameters."""
-        if isinstance(entry, str):
-            name, params, label = entry, {}, None
-        elif isinstance(entry, dict):
-            if "name" not in entry:
-                self.fail(where, f"a {kind} mapping needs a 'name' key", entry)
-            params = dict(entry)
-            name = params.pop("name")
-            label = params.pop("label", None)
-            if set(params) == {"params"} and isinstance(params["params"], dict):
-                params = dict(params["params"])  # the resolved form {name, params, label}
-            if label is not None and not isinstance(label, str):
-                self.fail(f"{where}.label", "a label must be a string", label)
-            if not isinstance(name, str):
-                self.fail(f"{where}.name", f"a {kind} name must be a string", name)
-        else:
-            self.fail(where, f"a {kind} must be a name or a mapping with 'name'", entry)
+        try:
+            name, params, label = split_spec(entry, kind)
+        except SpecError as exc:
+            self.fail(f"{where}.{exc.part}" if exc.part else where, exc.reason, exc.value)
         if kind == "defense" and "+" in name:
             layers = [part.strip() for part in name.split("+")]
             for i, layer in enumerate(layers):
