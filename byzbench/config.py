@@ -27,9 +27,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from byzbench import yamlfile
 from byzbench.registry import (
     REGISTRIES,
     PluginError,
@@ -430,20 +430,7 @@ def _label_of(config: CellConfig, axis: str) -> Any:
 
 def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file, turning I/O and syntax problems into ConfigError."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return yamlfile.load_yaml(path, ConfigError)
 
 
 def grid_from_dict(raw: Any, source: str = "<memory>") -> Grid:
