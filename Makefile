@@ -8,7 +8,7 @@ PIP = $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 WORKERS ?=
 
-.PHONY: install dev run quick test lint bench results clean
+.PHONY: install dev run quick test lint docs bench results clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
@@ -29,6 +29,10 @@ test: dev
 
 lint: dev
 	$(PYTHON) -m ruff check byzbench tests benchmarks
+
+# regenerate the component tables of README.md and docs/*.md from the registry (byzbench/docs.py)
+docs:
+	$(PYTHON) -m byzbench.docs
 
 # regenerate the committed reports of the main grid and the seed table (results/*/report/)
 results: install

@@ -1,4 +1,4 @@
-"""The Python API, for notebooks and scripts; the CLI is a thin layer over it.
+"""The Python API, for notebooks and scripts: the functions the CLI calls, without its output.
 
     import byzbench.api as bb
     grid = bb.load_grid("configs/quick.yaml")        # validate; grid.cells are the cells

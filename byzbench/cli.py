@@ -1,4 +1,9 @@
-"""The ``byzbench`` command line: a thin layer over :mod:`byzbench.api`.
+"""The ``byzbench`` command line (Typer): run, report, check, baseline, list.
+
+Each command parses its options, calls the same library functions that :mod:`byzbench.api`
+exposes to Python (:func:`~byzbench.config.load_grid`, :func:`~byzbench.runner.run_grid`,
+:mod:`byzbench.regression`, :mod:`byzbench.report`) and owns all terminal output: the
+progress bar, the tables and the one-line errors (:mod:`byzbench.console`).
 
 Exit codes: 0 success; 1 a cell failed (run) or a regression was found (check);
 2 unusable input (a bad grid file, a missing results directory); 130 interrupted.
@@ -13,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -26,20 +30,17 @@ from rich.progress import (
 from rich.table import Table
 
 from byzbench import __version__
+from byzbench.console import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    console,
+    err_console,
+    fail,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="byzbench: Byzantine attacks and defenses in federated learning, "
                        "benchmarked.")
-console = Console()
-err_console = Console(stderr=True)
-
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
-                      soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _version(value: bool) -> None:

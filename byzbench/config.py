@@ -26,10 +26,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from byzbench.registry import REGISTRIES, PluginError, UnknownComponentError
+from byzbench import yamlfile
+from byzbench.registry import (
+    REGISTRIES,
+    PluginError,
+    SpecError,
+    UnknownComponentError,
+    split_spec,
+)
 from byzbench.threat import count_of
 
 COMPONENT_FIELDS: dict[str, str] = {
@@ -202,22 +208,10 @@ class _Resolver:
     def component(self, kind: str, entry: Any, where: str, extra: dict[str, Any] | None = None,
                   exact: bool = False) -> ComponentSpec:
         """Resolve ``entry`` (a name or a mapping) into a spec with validated parameters."""
-        if isinstance(entry, str):
-            name, params, label = entry, {}, None
-        elif isinstance(entry, dict):
-            if "name" not in entry:
-                self.fail(where, f"a {kind} mapping needs a 'name' key", entry)
-            params = dict(entry)
-            name = params.pop("name")
-            label = params.pop("label", None)
-            if set(params) == {"params"} and isinstance(params["params"], dict):
-                params = dict(params["params"])  # the resolved form {name, params, label}
-            if label is not None and not isinstance(label, str):
-                self.fail(f"{where}.label", "a label must be a string", label)
-            if not isinstance(name, str):
-                self.fail(f"{where}.name", f"a {kind} name must be a string", name)
-        else:
-            self.fail(where, f"a {kind} must be a name or a mapping with 'name'", entry)
+        try:
+            name, params, label = split_spec(entry, kind)
+        except SpecError as exc:
+            self.fail(f"{where}.{exc.part}" if exc.part else where, exc.reason, exc.value)
         if kind == "defense" and "+" in name:
             layers = [part.strip() for part in name.split("+")]
             for i, layer in enumerate(layers):
@@ -436,20 +430,7 @@ def _label_of(config: CellConfig, axis: str) -> Any:
 
 def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file, turning I/O and syntax problems into ConfigError."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return yamlfile.load_yaml(path, ConfigError)
 
 
 def grid_from_dict(raw: Any, source: str = "<memory>") -> Grid:

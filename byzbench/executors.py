@@ -1,4 +1,8 @@
-"""Start-up of the local executor's worker processes, kept light to import.
+"""What runs a cell, in whichever process runs it, and the start-up of the local executor's
+worker processes; kept light to import (heavy imports happen inside the functions).
+
+:func:`execute_cell` is the one body of a cell for every executor: the inline loop and the
+worker pool of :mod:`byzbench.runner`, and the Ray tasks of :mod:`byzbench.ray_executor`.
 
 Workers fork from a *forkserver*: a clean process that has imported the engine once (torch,
 the attacks and defenses with their scipy/scikit-learn imports — about 2.5 s) and never ran
@@ -10,13 +14,23 @@ created later finds the server ready. This module imports nothing heavy itself.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import multiprocessing.context
+import signal
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from byzbench.config import Cell, ComponentSpec
+    from byzbench.engine.simulation import CellResult
 
 # what each worker needs before its first cell: the engine and every built-in component, and
 # numpy.ma, which numpy imports lazily on the first np.unique (~11 ms inside the first cell)
 PRELOAD = ["numpy.ma", "byzbench.engine.simulation", "byzbench.data.datasets", "byzbench.data.partition",
-           "byzbench.models", "byzbench.attacks", "byzbench.defenses", "byzbench.runner",
+           "byzbench.models", "byzbench.attacks", "byzbench.defenses", "byzbench.executors",
            "byzbench._forkserver_ready"]
 
 
@@ -40,4 +54,60 @@ def prestart_pool() -> bool:
     return True
 
 
-__all__ = ["PRELOAD", "pool_context", "prestart_pool"]
+def init_worker(threads: int, sys_path: list[str], datasets: list[ComponentSpec]) -> None:
+    """Initializer of a local pool worker: ignore Ctrl-C (the parent handles it), take the
+    parent's ``sys.path`` and ``threads`` torch threads, load ``datasets`` before the first
+    cell."""
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    sys.path[:] = sys_path
+    torch.set_num_threads(threads)
+    preload_datasets(datasets)
+    gc.freeze()  # what the worker inherited stays out of its collections (no copy-on-write)
+
+
+def grid_datasets(cells: list[Cell]) -> list[ComponentSpec]:
+    """The distinct dataset settings of ``cells``, in first-use order."""
+    unique: dict[str, ComponentSpec] = {}
+    for cell in cells:
+        unique.setdefault(cell.config.dataset.model_dump_json(), cell.config.dataset)
+    return list(unique.values())
+
+
+def preload_datasets(specs: list[ComponentSpec]) -> None:
+    """Load ``specs`` into this process's dataset cache before its first cell, so no cell's
+    time includes loading data. A dataset that fails to load is left to the cell that
+    uses it, which then fails with the error."""
+    from byzbench.engine.simulation import build
+    from byzbench.registry import DATASETS
+
+    for spec in specs:
+        try:
+            build(DATASETS, spec).load()
+        except Exception:  # noqa: BLE001, S112 - reported by the cell itself
+            continue
+
+
+def execute_cell(cell: Cell, device: str | None = None
+                 ) -> tuple[CellResult, str | None, float]:
+    """Run one cell: (result, traceback or None, the time it started, stamped here by the
+    process that runs it). Any exception becomes a failed result with its traceback.
+
+    ``device`` overrides the cell's ``device`` setting (it never changes the cell's numbers).
+    """
+    started, start = time.time(), time.perf_counter()
+    from byzbench.engine.simulation import CellResult, run_cell
+
+    try:
+        import torch
+
+        return run_cell(cell.config, torch.device(device) if device else None), None, started
+    except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
+        message = f"{type(exc).__name__}: {exc}"
+        return (CellResult(status="failed", error=message, wall_s=time.perf_counter() - start),
+                traceback.format_exc(), started)
+
+
+__all__ = ["PRELOAD", "execute_cell", "grid_datasets", "init_worker", "pool_context",
+           "preload_datasets", "prestart_pool"]

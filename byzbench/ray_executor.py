@@ -31,6 +31,7 @@ from typing import Any
 
 from byzbench.config import Cell, ConfigError
 from byzbench.engine.simulation import CellResult
+from byzbench.executors import execute_cell
 
 INSTALL_HINT = "pip install 'byzbench[ray]'"
 
@@ -106,8 +107,6 @@ def ray_task(cell: Cell, threads: int, sys_path: list[str], device: str | None
              ) -> tuple[CellResult, str | None, float]:
     """Body of one Ray task: (result, traceback or None, start time) of ``cell``."""
     import torch
-
-    from byzbench.runner import execute_cell
 
     for entry in reversed(sys_path):  # the driver's paths, so package.module:Class plugins load
         if entry not in sys.path and os.path.isdir(entry):

@@ -5,15 +5,19 @@ Every pluggable piece of byzbench is a *component*: a class with a ``name`` and 
 descriptions. A registry maps names to those classes. Names of the form
 ``package.module:ClassName`` load a user's class from an importable module, and installed
 packages may register names through the entry-point groups ``byzbench.<kind>s``.
+
+A component is *written* (in a grid file, a pipeline's layers, a stored configuration) as a
+name or a mapping ``{name: …, label: …, <params>}``, or in the resolved form
+``{name: …, params: {…}, label: …}``; :func:`split_spec` reads every one of those forms.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,6 +52,52 @@ class UnknownComponentError(LookupError):
 
 class PluginError(TypeError):
     """A plugin path that imports but does not give a usable component class."""
+
+
+class Spec(NamedTuple):
+    """A component as written: its name, its parameters, and the label shown in reports."""
+
+    name: str
+    params: dict[str, Any]
+    label: str | None = None
+
+
+class SpecError(ValueError):
+    """A malformed component spec. ``part`` is the key at fault (``name``, ``label``) or
+    ``""`` for the spec as a whole; ``reason`` the message without the offending ``value``."""
+
+    def __init__(self, reason: str, value: Any, part: str = "") -> None:
+        self.reason, self.value, self.part = reason, value, part
+        where = f"{part}: " if part else ""
+        super().__init__(f"{where}{reason} (got {value!r})")
+
+
+def split_spec(spec: Any, kind: str = "component") -> Spec:
+    """Read a component spec written in any of its forms into ``(name, params, label)``.
+
+    ``"name"``; ``{name: …, <params>…, label: …}``; or the resolved form ``{name: …,
+    params: {…}, label: …}`` (a mapping whose only other key is a mapping ``params``).
+    ``label`` is optional. The params are a new dict (the spec is not modified); they are not
+    validated here (that is the component's ``Params``). Raises :class:`SpecError` (a
+    ``ValueError``) naming ``kind`` when the spec is neither a name nor a mapping with a
+    string ``name``, or its ``label`` is not a string.
+    """
+    if isinstance(spec, str):
+        return Spec(spec, {}, None)
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"a {kind} must be a name or a mapping with 'name'", spec)
+    if "name" not in spec:
+        raise SpecError(f"a {kind} mapping needs a 'name' key", spec)
+    params = dict(spec)
+    name = params.pop("name")
+    label = params.pop("label", None)
+    if set(params) == {"params"} and isinstance(params["params"], Mapping):
+        params = dict(params["params"])  # the resolved form {name, params, label}
+    if label is not None and not isinstance(label, str):
+        raise SpecError("a label must be a string", label, "label")
+    if not isinstance(name, str):
+        raise SpecError(f"a {kind} name must be a string", name, "name")
+    return Spec(name, params, label)
 
 
 T = TypeVar("T", bound=Component)

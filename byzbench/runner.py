@@ -10,9 +10,7 @@ error and the grid goes on; Ctrl-C stops the run and keeps every finished cell.
 
 from __future__ import annotations
 
-import gc
 import os
-import signal
 import sys
 import time
 import traceback
@@ -22,9 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from byzbench.config import Cell, ComponentSpec, ConfigError, Grid
-from byzbench.engine.simulation import CellResult, run_cell, skip_reason
-from byzbench.executors import pool_context
+from byzbench.config import Cell, ConfigError, Grid
+from byzbench.engine.simulation import CellResult, skip_reason
+from byzbench.executors import (
+    execute_cell,
+    grid_datasets,
+    init_worker,
+    pool_context,
+    preload_datasets,
+)
 from byzbench.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -62,56 +66,6 @@ def default_workers() -> int:
 
 def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-
-def _init_worker(threads: int, sys_path: list[str], datasets: list[ComponentSpec]) -> None:
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    sys.path[:] = sys_path
-    torch.set_num_threads(threads)
-    preload_datasets(datasets)
-    gc.freeze()  # what the worker inherited stays out of its collections (no copy-on-write)
-
-
-def grid_datasets(cells: list[Cell]) -> list[ComponentSpec]:
-    """The distinct dataset settings of ``cells``, in first-use order."""
-    unique: dict[str, ComponentSpec] = {}
-    for cell in cells:
-        unique.setdefault(cell.config.dataset.model_dump_json(), cell.config.dataset)
-    return list(unique.values())
-
-
-def preload_datasets(specs: list[ComponentSpec]) -> None:
-    """Load ``specs`` into this process's dataset cache before its first cell, so no cell's
-    time includes loading data. A dataset that fails to load is left to the cell that
-    uses it, which then fails with the error."""
-    from byzbench.engine.simulation import build
-    from byzbench.registry import DATASETS
-
-    for spec in specs:
-        try:
-            build(DATASETS, spec).load()
-        except Exception:  # noqa: BLE001, S112 - reported by the cell itself
-            continue
-
-
-def execute_cell(cell: Cell, device: str | None = None
-                 ) -> tuple[CellResult, str | None, float]:
-    """Run one cell: (result, traceback or None, the time it started, stamped here by the
-    process that runs it). Any exception becomes a failed result with its traceback.
-
-    ``device`` overrides the cell's ``device`` setting (it never changes the cell's numbers).
-    """
-    started, start = time.time(), time.perf_counter()
-    try:
-        import torch
-
-        return run_cell(cell.config, torch.device(device) if device else None), None, started
-    except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
-        message = f"{type(exc).__name__}: {exc}"
-        return (CellResult(status="failed", error=message, wall_s=time.perf_counter() - start),
-                traceback.format_exc(), started)
 
 
 def strict_check(grid: Grid) -> None:
@@ -239,7 +193,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
               threads: int | None) -> None:
     workers = min(workers, len(pending))
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
-                                   initializer=_init_worker,
+                                   initializer=init_worker,
                                    initargs=(threads or threads_per_worker(workers),
                                              list(sys.path),
                                              grid_datasets(pending)))

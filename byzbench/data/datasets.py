@@ -179,8 +179,12 @@ class _CachedSource(DatasetSource):
 
 class DigitsParams(DatasetParams):
     test_fraction: float = Field(0.25, ge=0.01, le=0.99,
-                                 description="fraction of the 1,797 images held out for testing "
-                                             "(stratified by class)")
+                                 description="fraction f of the 1,797 images held out for "
+                                             "testing: ⌈f·N⌉ images, each class within one "
+                                             "image of f·n_c, drawn with numpy.random."
+                                             "default_rng(split_seed); byzbench's own rule, so "
+                                             "the split does not move with the scikit-learn "
+                                             "version")
     split_seed: int = Field(0, ge=0, le=2**32 - 1,
                             description="seed of the train/test split; fixed, independent of "
                                         "the cell seed")

@@ -11,17 +11,15 @@ into the output directory when a document embeds them (md, html) and writes the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
+from byzbench.report import writers
 from byzbench.report.curves import curves_frame, select_cells
 from byzbench.report.data import ReportData, ReportError, load
-from byzbench.report.plots import Plot, all_plots
+from byzbench.report.model import Report
+from byzbench.report.plots import all_plots
 from byzbench.report.reference import load_reference, reference_table
 from byzbench.report.tables import (
-    ReportTable,
     accuracy_frame,
     accuracy_table,
     backdoor_table,
@@ -33,24 +31,6 @@ from byzbench.report.tables import (
 
 FORMATS = ("table", "md", "csv", "html")
 DEFAULT_FORMATS = ("table", "md", "csv")
-
-
-@dataclass
-class Report:
-    """Everything a report shows, computed; the writers only render it."""
-
-    data: ReportData
-    tables: list[ReportTable]
-    comparative: pd.DataFrame
-    accuracy: pd.DataFrame
-    curves: pd.DataFrame
-    curves_why: str
-    header: list[str] = field(default_factory=list)
-    plots: list[Plot] = field(default_factory=list)
-
-    @property
-    def title(self) -> str:
-        return f"byzbench report: {', '.join(self.data.grids) or self.data.directory}"
 
 
 def parse_formats(values: Sequence[str] | None) -> list[str]:
@@ -112,8 +92,6 @@ def build_report(results_dir: str | Path, fractions: Sequence[str] | None = None
 def write_report(report: Report, out: str | Path, formats: Iterable[str]) -> list[Path]:
     """Write the asked file formats (md, csv, html; 'table' writes nothing) into ``out``;
     returns the files written."""
-    from byzbench.report import writers
-
     formats = set(formats)
     out = Path(out)
     written: list[Path] = []

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from byzbench.console import EXIT_USAGE, console, fail
+
 
 def report(
     results_dir: Annotated[Path, typer.Argument(help="results directory of a run (holding "
@@ -42,7 +44,6 @@ def report(
 ) -> None:
     """Tables and plots of a results directory: detection, accuracy, backdoor ASR, cost and
     privacy per defense, in the terminal and as files."""
-    from byzbench.cli import EXIT_USAGE, console, fail
     from byzbench.report.build import build_report, parse_formats, write_report
     from byzbench.report.data import ReportError
     from byzbench.report.writers import print_tables

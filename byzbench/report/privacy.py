@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from byzbench.registry import DEFENSES, SpecError, split_spec
+
 FACTS = {
     "needs_plaintext_updates": "plaintext updates",
     "needs_server_data": "server data",
@@ -21,14 +23,11 @@ Fact = bool | str  # True / False / "unknown"
 
 
 def _layer_name_params(spec: Any) -> tuple[str | None, dict[str, Any]]:
-    if isinstance(spec, str):
-        return spec, {}
-    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
-        params = {k: v for k, v in spec.items() if k != "name"}
-        if set(params) == {"params"} and isinstance(params["params"], Mapping):
-            params = dict(params["params"])
-        return spec["name"], params
-    return None, {}
+    try:
+        name, params, _ = split_spec(spec)
+    except SpecError:
+        return None, {}
+    return name, params
 
 
 def _either(values: list[Fact]) -> Fact:
@@ -51,11 +50,8 @@ def privacy_facts(name: str | None, params: Mapping[str, Any] | None = None,
         layers = params.get("layers")
         if not isinstance(layers, list) or not layers:
             return unknown
-        per_layer = [privacy_facts(*_layer_name_params(spec), _depth=_depth + 1)
-                     for spec in layers]
+        per_layer = [spec_privacy_facts(spec, _depth + 1) for spec in layers]
         return {key: _either([facts[key] for facts in per_layer]) for key in FACTS}
-    from byzbench.registry import DEFENSES
-
     try:
         privacy = DEFENSES.get(name).privacy
     except Exception:  # unknown name, or a plugin path that no longer imports
@@ -65,6 +61,12 @@ def privacy_facts(name: str | None, params: Mapping[str, Any] | None = None,
         value = getattr(privacy, key, None)
         out[key] = bool(value) if isinstance(value, bool) else UNKNOWN
     return out
+
+
+def spec_privacy_facts(spec: Any, _depth: int = 0) -> dict[str, Fact]:
+    """The privacy facts of a defense written as a spec (a name, or ``{name, params}`` in
+    any form :func:`~byzbench.registry.split_spec` reads); all unknown if malformed."""
+    return privacy_facts(*_layer_name_params(spec), _depth=_depth)
 
 
 def fact_text(value: Fact) -> str:

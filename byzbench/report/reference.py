@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from byzbench.report.data import ReportError
 from byzbench.report.tables import DASH, NA, ReportTable, Section, pct, row_label
+from byzbench.yamlfile import load_yaml
 
 # metric → (column of the comparative frame, kind, display name)
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -109,20 +109,7 @@ def _value(path: Path, key: str, metric: str, raw: Any) -> float:
 def load_reference(path: str | Path) -> tuple[list[Claim], str]:
     """Parse and validate a reference file: (claims, description)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ReferenceFileError(f"reference file {path}: no such file") from None
-    except OSError as exc:
-        raise ReferenceFileError(f"reference file {path}: cannot read: {exc.strerror}"
-                                 ) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ReferenceFileError(f"reference file {path}: invalid YAML{where}: "
-                                 f"{getattr(exc, 'problem', None) or exc}") from None
+    raw = load_yaml(path, ReferenceFileError, "reference file")
     if not isinstance(raw, dict):
         _fail(path, "<top level>", "must be a mapping with a 'defenses' key")
     for key in raw:

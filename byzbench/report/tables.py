@@ -31,7 +31,7 @@ from byzbench.report.data import (
     over_seeds,
     plain_keys,
 )
-from byzbench.report.privacy import FACTS, fact_text, privacy_facts
+from byzbench.report.privacy import FACTS, fact_text, spec_privacy_facts
 
 _plain = plain_keys
 
@@ -180,8 +180,7 @@ def _privacy_frame(cells: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (defense, variant), config in zip(first[ROW_KEYS].itertuples(index=False),
                                           first["config"]):
-        spec = config.get("defense", {})
-        facts = privacy_facts(spec.get("name"), spec.get("params"))
+        facts = spec_privacy_facts(config.get("defense"))
         rows.append({"defense": defense, "variant": variant,
                      **{key: fact_text(v) for key, v in facts.items()}})
     return pd.DataFrame(rows, columns=[*ROW_KEYS, *FACTS])

@@ -1,4 +1,4 @@
-"""Rendering a :class:`~byzbench.report.build.Report`: tidy CSVs, markdown with the PNGs,
+"""Rendering a :class:`~byzbench.report.model.Report`: tidy CSVs, markdown with the PNGs,
 a self-contained HTML file (images inlined as base64), and rich tables for the terminal."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from byzbench.report.build import Report
+    from byzbench.report.model import Report
     from byzbench.report.tables import ReportTable
 
 
