@@ -99,3 +99,14 @@ def test_a_plugin_without_the_interface_gets_a_clear_error(tmp_path, monkeypatch
             grid_from_dict({"name": "b", "grid": {"defense": [f"broken_plugin:{name}"]}},
                            "x.yaml")
         assert missing in str(info.value) and "grid.defense[0]" in str(info.value)
+
+
+def test_example_plugin_passes_the_conformance_checks(example_on_path):
+    from byzbench_example.drift import Drift
+    from byzbench_example.median_of_means import MedianOfMeans
+
+    from byzbench.testing import check_attack, check_defense
+
+    # its random grouping depends on the order of the rows by design
+    check_defense(MedianOfMeans, {"groups": 3}, permutation=False)
+    check_attack(Drift)

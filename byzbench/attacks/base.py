@@ -149,4 +149,5 @@ class NoAttack(Attack):
     """No attack: every client is honest. The baseline of attack impact."""
 
     stage: ClassVar[Stage] = "update"
+    paper: ClassVar[str] = "none: the clean baseline that attack impact is measured against"
     benign: ClassVar[bool] = True

@@ -48,29 +48,16 @@ from byzbench.defenses.base import (
     Verdict,
 )
 from byzbench.defenses.geometry import normalized_weights
-from byzbench.registry import DEFENSES, UnknownComponentError
+from byzbench.registry import DEFENSES, UnknownComponentError, split_spec
 
 LayerSpec = str | dict[str, Any]
-
-
-def parse_layer(spec: LayerSpec) -> tuple[str, dict[str, Any]]:
-    """``"name"`` or ``{name: ..., <params>}`` (or ``{name: ..., params: {...}}``) →
-    (name, params)."""
-    if isinstance(spec, str):
-        return spec, {}
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise ValueError("a layer is a defense name or a mapping with a 'name' key")
-    params = {k: v for k, v in spec.items() if k != "name"}
-    if set(params) == {"params"} and isinstance(params["params"], dict):
-        params = dict(params["params"])
-    return spec["name"], params
 
 
 def build_layer(spec: LayerSpec, index: int | None = None) -> Defense:
     """Construct one layer from its spec through the registry, with errors that name the
     layer's position and suggest a close name."""
     where = f"layer {index}" if index is not None else "layer"
-    name, params = parse_layer(spec)
+    name, params, _ = split_spec(spec, "defense layer")
     try:
         cls = DEFENSES.get(name)
     except UnknownComponentError as exc:

@@ -31,7 +31,8 @@ def _layer_name_params(spec: Any) -> tuple[str | None, dict[str, Any]]:
 
 
 def _either(values: list[Fact]) -> Fact:
-    """OR over layers: True if any layer says so, unknown if any is unknown, else False."""
+    """OR over layers: True if any layer says so, unknown if any is unknown, else False
+    (:meth:`Privacy.union` for specs that may not resolve: a report reads old results)."""
     if any(v is True for v in values):
         return True
     if any(v == UNKNOWN for v in values):
