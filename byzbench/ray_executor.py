@@ -197,7 +197,10 @@ def run_ray(pending: list[Cell], emit: EmitCallback, finish: FinishCallback,
                         tb, t0 = traceback.format_exc(), time.time()
                     finish(cell, result, tb, t0)
         except KeyboardInterrupt:
-            for ref in running:
+            # a Ray this driver started goes down with it (shutdown ends its workers);
+            # cancelling there only risks Ray's own race between cancel and completion,
+            # which aborts the driver ("Tried to complete task that was not pending")
+            for ref in ([] if started_here else running):
                 try:
                     # not force=True: a forced cancel racing the task's completion aborts
                     # the driver inside Ray ("Tried to complete task that was not pending")
