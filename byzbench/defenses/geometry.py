@@ -4,7 +4,7 @@ Pure functions, no state, no Python loop over clients or coordinates; the defens
 them. Attackers may send rows holding NaN, ±Inf or absurd magnitudes (1e30); the functions
 here never return NaN for such input:
 
-- :func:`finite_rows` / :func:`finite_subset`: which rows are usable at all;
+- :func:`finite_rows`: which rows are usable at all;
 - :func:`gram` computes ``X Xᵀ`` (optionally centred) with matrix products in the input
   dtype over column blocks, accumulated in float64; when a finite row's squared norm
   overflows the input dtype, it recomputes the product on row-scaled data so every entry
@@ -28,7 +28,6 @@ import torch
 
 __all__ = [
     "finite_rows",
-    "finite_subset",
     "row_norms",
     "row_scale",
     "gram",
@@ -258,12 +257,6 @@ def scatter_rows(values: torch.Tensor, index: torch.Tensor, n: int,
     out = torch.full((n,), fill, dtype=values.dtype, device=values.device)
     out[index] = values
     return out
-
-
-def finite_subset(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices of the finite rows, those rows); no copy when every row is finite."""
-    idx = torch.nonzero(finite_rows(updates)).squeeze(1)
-    return idx, (updates if idx.numel() == updates.shape[0] else updates[idx])
 
 
 def normalized_weights(weights: torch.Tensor) -> torch.Tensor:

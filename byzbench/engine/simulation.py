@@ -319,15 +319,14 @@ class Simulation:
         stream of its own (the attacker knows the rule and its state, not the server's coin
         flips); when the defense verifies signatures, the rows are signed as the clients
         would sign them (malicious clients sign their own poisoned updates)."""
-        octx = replace(rctx, generator=torch_generator(self.seed, "oracle", rctx.round))
-        keyring, defense = self.keyring, self.defense
-        ids = clients.tolist()
+        keyring, defense, seed = self.keyring, self.defense, self.seed
 
         def oracle(rows: torch.Tensor) -> Verdict:
-            ctx = octx
+            # built per call, so a round whose attack never asks pays nothing for it
+            ctx = replace(rctx, generator=torch_generator(seed, "oracle", rctx.round))
             if keyring is not None:
-                ctx = replace(octx, messages=keyring.sign_round(ids, octx.round, octx.nonce,
-                                                                rows)[0])
+                ctx = replace(ctx, messages=keyring.sign_round(clients.tolist(), rctx.round,
+                                                               rctx.nonce, rows)[0])
             return defense.preview(rows, ctx)
 
         return oracle
