@@ -70,7 +70,9 @@ def build_layer(spec: LayerSpec, index: int | None = None) -> Defense:
     try:
         layer_params = cls.Params(**params)
     except ValidationError as exc:
-        raise ValueError(f"{where} ({name}): invalid parameters: {exc}") from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or name}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"{where} ({name}): invalid parameters: {problems}") from None
     return cls(layer_params)
 
 
