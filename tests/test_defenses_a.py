@@ -481,6 +481,10 @@ def test_pipeline_spec_errors():
         DEFENSES.get("pipeline").Params(layers=["ecdsa", "multikrun"])
     with pytest.raises(ValidationError, match=r"layer 0 \(krum\): invalid parameters"):
         DEFENSES.get("pipeline").Params(layers=[{"name": "krum", "bogus": 1}])
+    with pytest.raises(ValueError, match=r"invalid parameters: decay: Input should be less "
+                                         r"than 1 \[") as info:
+        DEFENSES.get("pipeline").Params(layers=[{"name": "reputation", "decay": 2}])
+    assert "validation error for ReputationParams" not in str(info.value)  # not the dump
     with pytest.raises(ValidationError, match="assumed_fraction on the pipeline"):
         DEFENSES.get("pipeline").Params(layers=[{"name": "krum", "assumed_fraction": 0.1}])
     with pytest.raises(ValidationError):
