@@ -29,12 +29,12 @@ def setup_for(attack, num_clients: int = 10, input_shape=(1, 8, 8), num_classes:
     return attack
 
 
-def ctx_for(n: int, malicious: list[int], round_: int = 0, knowledge: str = "omniscient",
+def ctx_for(n: int, malicious: list[int], round_: int = 0, knowledge: str = "full",
             seed: int = 0, nonce: bytes | None = None, ids: list[int] | None = None
             ) -> AttackContext:
     mal = torch.zeros(n, dtype=torch.bool)
     mal[malicious] = True
-    ref = ~mal if knowledge == "omniscient" else mal.clone()
+    ref = ~mal if knowledge == "full" else mal.clone()
     gen = torch.Generator().manual_seed(seed)
     client_ids = torch.tensor(ids if ids is not None else list(range(n)), dtype=torch.long)
     return AttackContext(round=round_, client_ids=client_ids, malicious=mal, reference=ref,
@@ -254,8 +254,8 @@ def test_nonfinite_only_in_malicious_rows(mode):
 
 def test_knowledge_own_uses_only_malicious_rows():
     x = torch.tensor([[100.0, 100.0], [-50.0, 7.0], [1.0, 2.0], [3.0, 6.0]])
-    ctx = ctx_for(4, [2, 3], knowledge="own")
-    assert make("ipm", knowledge="own").knowledge == "own"
+    ctx = ctx_for(4, [2, 3], knowledge="partial")
+    assert make("ipm", knowledge="own").knowledge == "partial"  # the old name still works
     out = make("ipm", epsilon=1.0, knowledge="own").poison_updates(x, ctx)
     assert torch.allclose(out[2:], torch.tensor([[-2.0, -4.0]] * 2))
     out = make("alie", z=1.0, knowledge="own").poison_updates(x, ctx)

@@ -48,6 +48,7 @@ class OracleProbe(Attack):
     """Sign flip that first queries the defense oracle many times (a search's cost)."""
 
     paper: ClassVar[str] = "none (a test fixture)"
+    aware: ClassVar[bool] = True
     calls: ClassVar[list[int]] = []
 
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:

@@ -7,18 +7,24 @@ Not an attack module (leading underscore: the package's auto-import skips it).
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from byzbench.attacks.base import AttackContext, AttackParams, Knowledge
+from byzbench.attacks.base import KNOWLEDGE_ALIASES, AttackContext, AttackParams, Knowledge
 
 
 class KnowledgeParams(AttackParams):
     """Model-poisoning attacks that estimate benign statistics."""
 
     knowledge: Knowledge = Field(
-        "omniscient",
-        description="omniscient: benign statistics from the honest rows of the round; "
-                    "own: only from the malicious clients' own honestly-computed updates")
+        "full",
+        description="full: benign statistics from the honest rows of the round; "
+                    "partial: only from the malicious clients' own honestly-computed "
+                    "updates (omniscient and own are accepted as the old names)")
+
+    @field_validator("knowledge", mode="before")
+    @classmethod
+    def _old_names(cls, value: object) -> object:
+        return KNOWLEDGE_ALIASES.get(value, value) if isinstance(value, str) else value
 
 
 class ColludeParams(AttackParams):

@@ -24,7 +24,10 @@ from byzbench.crypto import SignedMessage
 from byzbench.registry import ATTACKS, Component, Params
 
 Stage = Literal["data", "update", "transport"]
-Knowledge = Literal["omniscient", "own"]
+Knowledge = Literal["full", "partial"]
+ThreatLevel = Literal["full", "partial", "agnostic"]
+# the names of the first releases, still accepted in grid files
+KNOWLEDGE_ALIASES: dict[str, str] = {"omniscient": "full", "own": "partial"}
 
 
 class AttackParams(Params):
@@ -53,14 +56,15 @@ class AttackContext:
 
     ``malicious`` marks the rows (of this round's participants) the attacker controls — for
     transport attacks, the clients whose messages it targets. ``reference`` marks the rows
-    it may read as benign estimates: the honest rows under omniscient knowledge, the
-    malicious clients' own honestly-computed updates under ``knowledge: own``.
+    it may read as benign estimates: the honest rows under ``knowledge: full``, the
+    malicious clients' own honestly-computed updates under ``knowledge: partial``.
 
     ``oracle`` is the cell's defense as a plain, side-effect-free callable: given a
     hypothetical ``[n, d]`` update matrix of this round it returns the defense's
     :class:`~byzbench.defenses.base.Verdict` (``aggregate``, ``weights``, ``flagged``)
     without changing the defense's state (attacks never import defenses). It knows the
-    rule and its state, not the server's randomness. ``None`` outside the engine.
+    rule and its state, not the server's randomness. The engine hands it only to
+    defense-aware attacks (:attr:`Attack.aware`); ``None`` otherwise and outside the engine.
     """
 
     round: int
@@ -98,6 +102,10 @@ class Attack(Component):
     # True for attacks under which the designated malicious clients behave honestly: the
     # defense still assumes f of them, but detection ground truth marks nobody malicious.
     benign: ClassVar[bool] = False
+    # True for defense-aware (adaptive) attacks: they query ``ctx.oracle``, the cell's
+    # defense, to shape their rows. Only they receive it; the report ranks defenses by their
+    # worst case and marks defenses that never faced one.
+    aware: ClassVar[bool] = False
     Params: ClassVar[type[AttackParams]] = AttackParams
 
     def setup(self, setup: AttackSetup) -> None:
@@ -111,7 +119,15 @@ class Attack(Component):
 
     @property
     def knowledge(self) -> Knowledge:
-        return getattr(self.params, "knowledge", "omniscient")
+        """Which rows the attacker reads as benign: ``full`` (the honest rows of the
+        round) or ``partial`` (the malicious clients' own honestly-computed updates)."""
+        return getattr(self.params, "knowledge", "full")
+
+    @property
+    def threat_level(self) -> ThreatLevel:
+        """The knowledge level in Fang et al.'s terms: ``full`` (honest updates + the
+        rule), ``partial`` (own updates + the rule) or ``agnostic`` (the rule unknown)."""
+        return self.knowledge if self.aware else "agnostic"
 
     def poison_data(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,8 @@
 
 Every hook gets the round's ``[n, d]`` update matrix; the engine keeps only the rows in
 ``ctx.malicious``. Benign statistics (mean, std, pairwise distances) come only from the
-rows in ``ctx.reference``: the honest rows under ``knowledge: omniscient``, the malicious
-clients' own honestly-computed updates under ``knowledge: own``.
+rows in ``ctx.reference``: the honest rows under ``knowledge: full``, the malicious
+clients' own honestly-computed updates under ``knowledge: partial``.
 """
 
 from __future__ import annotations

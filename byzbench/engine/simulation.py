@@ -242,7 +242,7 @@ class Simulation:
         any_malicious = bool(host_malicious.any())  # numpy: no device sync
         malicious = to_device(torch.from_numpy(host_malicious), dev)
         truth = malicious & attack_on
-        reference = malicious if self.attack.knowledge == "own" else ~malicious
+        reference = malicious if self.attack.knowledge == "partial" else ~malicious
         nonce = numpy_rng(self.seed, "nonce", r).bytes(16) if self.keyring else None
         rctx = RoundContext(round=r, client_ids=ids, num_samples=counts.to(updates.dtype),
                             f=self.f_assumed,
@@ -251,7 +251,7 @@ class Simulation:
         ctx = AttackContext(round=r, client_ids=ids, malicious=malicious, reference=reference,
                             generator=torch_generator(self.seed, "attack", r),
                             defense_name=c.defense.name, nonce=nonce,
-                            oracle=self._oracle(clients, rctx))
+                            oracle=self._oracle(clients, rctx) if self.attack.aware else None)
         if attack_on and any_malicious and self.attack.stage != "transport":
             poisoned = self.attack.poison_updates(updates.clone(), ctx)
             updates = torch.where(malicious.unsqueeze(1), poisoned.to(updates.dtype), updates)
