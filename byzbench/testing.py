@@ -317,7 +317,9 @@ def check_attack(cls: type[Attack], params: Mapping[str, Any] | None = None, *,
     updates = torch.randn(n, d, generator=g)
     if cls.stage == "update":
         outputs = []
-        for oracle in (None, _mean_oracle, _mean_oracle):
+        # a defense-aware attack is given an oracle always (the engine does the same)
+        oracles = (_mean_oracle,) * 3 if cls.aware else (None, _mean_oracle, _mean_oracle)
+        for oracle in oracles:
             given = updates.clone()
             out = build().poison_updates(given, _attack_context(n, f, seed, oracle))
             if not torch.equal(given, updates):

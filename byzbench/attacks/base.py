@@ -106,6 +106,9 @@ class Attack(Component):
     # defense, to shape their rows. Only they receive it; the report ranks defenses by their
     # worst case and marks defenses that never faced one.
     aware: ClassVar[bool] = False
+    # the scalar parameter that sets the attack's strength (the ``adaptive`` wrapper
+    # searches it), or None
+    strength: ClassVar[str | None] = None
     Params: ClassVar[type[AttackParams]] = AttackParams
 
     def setup(self, setup: AttackSetup) -> None:
@@ -122,6 +125,12 @@ class Attack(Component):
         """Which rows the attacker reads as benign: ``full`` (the honest rows of the
         round) or ``partial`` (the malicious clients' own honestly-computed updates)."""
         return getattr(self.params, "knowledge", "full")
+
+    def plain_strength(self, ctx: AttackContext) -> float:
+        """The value of :attr:`strength` this attack uses in ``ctx`` (a default resolved)."""
+        if self.strength is None:
+            raise ValueError(f"attack {self.name!r} declares no strength parameter")
+        return float(getattr(self.params, self.strength))
 
     @property
     def threat_level(self) -> ThreatLevel:

@@ -49,6 +49,7 @@ class SignFlip(Attack):
                             "Aggregation Methods for Distributed Learning from Heterogeneous "
                             "Datasets. AAAI 2019")
     Params: ClassVar[type[SignFlipParams]] = SignFlipParams
+    strength: ClassVar[str | None] = "factor"
 
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         p = self.params
@@ -68,13 +69,21 @@ class ScalingParams(ColludeParams):
 
 @ATTACKS.register("scaling")
 class Scaling(Attack):
-    """Scaling attack (as evaluated in FLTrust, Cao et al., NDSS 2021): each malicious client
-    sends its own honest update × ``factor`` (default: the number of clients)."""
+    """Update scaling: each malicious client sends its own honest update × ``factor``
+    (default: the number of clients) — the boosting step of model replacement (Bagdasaryan
+    et al., AISTATS 2020; Bhagoji et al., ICML 2019) without a backdoor objective, i.e. a
+    pure magnitude attack. Not FLTrust's "Scaling attack", which also stamps a trigger on
+    the data: that one is ``{name: backdoor, boost: <n>}``."""
 
     stage: ClassVar[Stage] = "update"
-    paper: ClassVar[str] = ("Cao, Fang, Liu, Gong. FLTrust: Byzantine-robust Federated "
-                            "Learning via Trust Bootstrapping. NDSS 2021")
+    paper: ClassVar[str] = ("Bagdasaryan, Veit, Hua, Estrin, Shmatikov. How To Backdoor "
+                            "Federated Learning. AISTATS 2020 (its boosting step, applied to "
+                            "an honest update)")
     Params: ClassVar[type[ScalingParams]] = ScalingParams
+    strength: ClassVar[str | None] = "factor"
+
+    def plain_strength(self, ctx: AttackContext) -> float:
+        return self.scale(ctx)
 
     def scale(self, ctx: AttackContext) -> float:
         if self.params.factor is not None:
@@ -104,6 +113,7 @@ class Gaussian(Attack):
     paper: ClassVar[str] = ("Blanchard, El Mhamdi, Guerraoui, Stainer. Machine Learning with "
                             "Adversaries: Byzantine Tolerant Gradient Descent. NeurIPS 2017")
     Params: ClassVar[type[GaussianParams]] = GaussianParams
+    strength: ClassVar[str | None] = "sigma"
 
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         p = self.params
@@ -151,8 +161,12 @@ class ALIE(Attack):
     paper: ClassVar[str] = ("Baruch, Baruch, Goldberg. A Little Is Enough: Circumventing "
                             "Defenses For Distributed Learning. NeurIPS 2019")
     Params: ClassVar[type[ALIEParams]] = ALIEParams
+    strength: ClassVar[str | None] = "z"
 
     last_z: float | None = None
+
+    def plain_strength(self, ctx: AttackContext) -> float:
+        return self.params.z if self.params.z is not None else alie_z(ctx.n, ctx.f)
 
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         p = self.params
@@ -179,6 +193,7 @@ class IPM(Attack):
     paper: ClassVar[str] = ("Xie, Koyejo, Gupta. Fall of Empires: Breaking Byzantine-tolerant "
                             "SGD by Inner Product Manipulation. UAI 2019")
     Params: ClassVar[type[IPMParams]] = IPMParams
+    strength: ClassVar[str | None] = "epsilon"
 
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         mean = reference_rows(updates, ctx).mean(dim=0)
@@ -191,7 +206,9 @@ class IPM(Attack):
 
 class ShejwalkarParams(KnowledgeParams):
     perturbation: Literal["unit", "sign", "std"] = Field(
-        "std", description="p = -mean/||mean|| (unit), -sign(mean) (sign) or -std (std)")
+        "std", description="p = -mean/||mean|| (unit), -sign(mean) (sign) or -std (std); "
+                           "the authors' code defaults to unit (unit_vec); byzbench keeps "
+                           "std, ALIE's direction (docs/attacks.md)")
     gamma_init: float = Field(10.0, gt=0.0, le=1e9, description="first γ of the search")
     tolerance: float = Field(
         1e-5, gt=0.0, lt=1.0,
