@@ -90,7 +90,9 @@ def ranking_frame(data: ReportData, comparative: pd.DataFrame) -> pd.DataFrame:
     out["tied"] = False
     out.loc[sizes.index, "tied"] = sizes > 1
     out["rank"] = out["rank"].where(ranked).astype("Int64")
-    out["adaptive_tested"] = out["adaptive_tested"].where(out["worst_accuracy"].notna())
+    out["adaptive_tested"] = (out["adaptive_tested"].where(out["worst_accuracy"].notna())
+                              .astype("boolean"))
+    out["decides_per_client"] = out["decides_per_client"].astype("boolean")
 
     order = {c: {v: i for i, v in enumerate(data.cells[c].cat.categories)}
              for c in ("defense", "variant")}
@@ -193,8 +195,6 @@ def ranking_table(data: ReportData, comparative: pd.DataFrame) -> ReportTable:
     if missing:
         notes.append("no finished cell (all skipped or failed), not ranked: " + ", ".join(
             f"{row_label(d, v)} @ {frac_text(float(f))}" for d, v, f in missing))
-    tidy["decides_per_client"] = tidy["decides_per_client"].astype("boolean")
-    tidy["adaptive_tested"] = tidy["adaptive_tested"].astype("boolean")
     return ReportTable("ranking", "Which defense?", caption, sections,
                        _drop_empty_variant(tidy), empty_note="no attacked cell finished",
                        notes=notes)
