@@ -189,6 +189,9 @@ def ranking_table(data: ReportData, comparative: pd.DataFrame) -> ReportTable:
                                             zip(blind["defense"], blind["variant"])))
             notes.append(f"adaptive tested: no — {NOT_AWARE_NOTE} (no defense-aware attack "
                          f"ran against {names}).")
+    if (tidy["seeds"] == 1).any():
+        notes.append("one seed in some cells: their intervals are points, so their ranks "
+                     "order point estimates without any measure of uncertainty.")
     finished = set(map(tuple, plain_keys(data.done)[KEYS].itertuples(index=False)))
     not_done = plain_keys(data.not_done)[KEYS].drop_duplicates()
     missing = [row for row in not_done.itertuples(index=False) if tuple(row) not in finished]
