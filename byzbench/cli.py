@@ -213,7 +213,8 @@ def baseline(
     results_dir: Annotated[Path, typer.Argument(help="results directory of a finished run")],
     out: Annotated[Path, typer.Option("--out", "-o", help="baseline JSON file to write")],
 ) -> None:
-    """Write a regression baseline: per cell, its axes, config hash and final metrics."""
+    """Write a regression baseline: per cell, its axes, config hash and final metrics; per
+    defense and fraction, its worst-case accuracy over attacks."""
     from byzbench.regression import BaselineError, write_baseline
     from byzbench.store import StoreError
 
@@ -221,7 +222,8 @@ def baseline(
         data = write_baseline(results_dir, out)
     except (StoreError, BaselineError) as exc:
         fail(str(exc))
-    console.print(f"baseline of {len(data['cells'])} cells written to {out}")
+    console.print(f"baseline of {len(data['cells'])} cells and {len(data['worst_case'])} "
+                  f"worst-case accuracies written to {out}")
 
 
 @app.command()
@@ -230,12 +232,14 @@ def check(
     baseline_file: Annotated[Path, typer.Option("--baseline", "-b", help="baseline JSON")],
     tolerance: Annotated[str | None, typer.Option(
         help="allowed worsening per metric, e.g. accuracy=0.02,detection=0.05,fpr=0.05,"
-             "asr=0.05 (these are the defaults)")] = None,
+             "asr=0.05,worst=0.02 (these are the defaults; worst: a defense's worst-case "
+             "accuracy over attacks, per fraction)")] = None,
     allow_missing: Annotated[bool, typer.Option(
         "--allow-missing", help="pass even if cells are missing on either side or their "
                                 "configuration changed")] = False,
 ) -> None:
-    """Compare a run with a baseline; exit 1 if any metric regressed beyond its tolerance."""
+    """Compare a run with a baseline; exit 1 if any metric (per cell, and each defense's
+    worst-case accuracy per fraction) regressed beyond its tolerance."""
     import os
 
     from byzbench.regression import (
@@ -267,6 +271,8 @@ def check(
                          ("configuration changed", result.config_changed)):
         for name in names:
             console.print(f"[yellow]{title}[/]: {escape(name)}")
+    for note in result.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
     summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_path:
         with open(summary_path, "a") as fh:

@@ -6,6 +6,13 @@ whose configuration changed under the same axes is reported as *config changed* 
 than as one missing and one new cell. A metric regresses when it is worse than the
 baseline by more than its tolerance (accuracy and detection rate: lower is worse; false
 positive rate and backdoor ASR: higher is worse); improvements pass and are listed.
+
+A baseline also records each defense's worst-case accuracy per malicious fraction (and per
+value of any extra axis): the lowest, over the attacks, of the accuracy averaged over seeds,
+computed by :func:`byzbench.worstcase.worst_case` as the report's ranking does. It is
+checked like a cell's metric, under the ``worst`` tolerance. A baseline written before
+these entries existed (format 1) still reads; its missing entries count as entries not in
+the baseline, which ``--allow-missing`` lets pass.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 
 from byzbench import __version__
 from byzbench.store import ResultsStore
+from byzbench.worstcase import attack_traits, worst_case
 
 # metric → (direction: +1 higher is better / −1 lower is better, tolerance key)
 METRICS: dict[str, tuple[int, str]] = {
@@ -28,9 +36,15 @@ METRICS: dict[str, tuple[int, str]] = {
     "fpr": (-1, "fpr"),
     "asr": (-1, "asr"),
 }
+# metrics of a worst-case entry (one per defense and fraction, attacks and seeds pooled)
+WORST_METRICS: dict[str, tuple[int, str]] = {
+    "worst_accuracy": (+1, "worst"),
+}
 DEFAULT_TOLERANCES: dict[str, float] = {"accuracy": 0.02, "detection": 0.05, "fpr": 0.05,
-                                        "asr": 0.05}
-BASELINE_FORMAT = 1
+                                        "asr": 0.05, "worst": 0.02}
+BASELINE_FORMAT = 2   # 2: + "worst_case" entries; format 1 baselines still read
+POOLED_AXES = ("attack", "seed")   # a worst-case entry's axes are a cell's without these
+WORST_PREFIX = "worst case: "
 
 
 class BaselineError(ValueError):
@@ -45,8 +59,36 @@ def _metrics(row: Mapping[str, Any]) -> dict[str, float | None]:
     return {m: (None if row.get(m) is None else float(row[m])) for m in METRICS}
 
 
+def worst_case_entries(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Worst-case accuracy per group of finished cells that share every axis but the
+    attack and the seed (a defense at one fraction, per extra-axis value), from database
+    rows of ``done`` cells; groups that ran only the benign baseline have no entry."""
+    import pandas as pd
+
+    if not rows:
+        return []
+    axes = [json.loads(row["axes"]) for row in rows]
+    groups = [{k: v for k, v in a.items() if k not in POOLED_AXES} for a in axes]
+    names = [json.loads(row["config"])["attack"]["name"] for row in rows]
+    traits = {name: attack_traits(name) for name in set(names)}
+    frame = pd.DataFrame({
+        "group": [axes_key(g) for g in groups],
+        "attack": [str(row["attack"]) for row in rows],
+        "seed": [row["seed"] for row in rows],
+        "accuracy": pd.to_numeric(pd.Series([row["accuracy"] for row in rows]),
+                                  errors="coerce").astype(float),
+        "benign": [traits[n].benign for n in names],
+    })
+    by_key = {axes_key(g): g for g in groups}
+    worst = worst_case(frame, ["group"], samples=0)
+    return [{"axes": by_key[r.group], "worst_attack": r.worst_attack, "attacks": r.attacks,
+             "metrics": {"worst_accuracy": float(r.worst_accuracy)}}
+            for r in worst.itertuples(index=False)]
+
+
 def make_baseline(results_dir: str | Path) -> dict[str, Any]:
-    """The baseline of every finished (``done``) cell of a results directory."""
+    """The baseline of every finished (``done``) cell of a results directory, and the
+    worst-case accuracy of each defense and fraction (:func:`worst_case_entries`)."""
     with ResultsStore.open(results_dir) as store:
         rows = [r for r in store.cell_rows() if r["status"] == "done"]
         grids = sorted({r["grid"] for r in rows})
@@ -57,7 +99,8 @@ def make_baseline(results_dir: str | Path) -> dict[str, Any]:
                                  "metrics": _metrics(row)}
     return {"format": BASELINE_FORMAT, "byzbench_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "grids": grids, "cells": list(cells.values())}
+            "grids": grids, "cells": list(cells.values()),
+            "worst_case": worst_case_entries(rows)}
 
 
 def write_baseline(results_dir: str | Path, out: str | Path) -> dict[str, Any]:
@@ -85,14 +128,29 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
         if not (isinstance(cell, dict) and isinstance(cell.get("axes"), dict)
                 and isinstance(cell.get("metrics"), dict) and "cell_id" in cell):
             raise BaselineError(f"{path}: cells[{i}] needs 'cell_id', 'axes' and 'metrics'")
-        for metric, value in cell["metrics"].items():
-            if metric not in METRICS:
-                raise BaselineError(f"{path}: cells[{i}].metrics.{metric}: unknown metric "
-                                    f"(allowed: {', '.join(METRICS)})")
-            if value is not None and not isinstance(value, (int, float)):
-                raise BaselineError(f"{path}: cells[{i}].metrics.{metric}: not a number "
-                                    f"(got {value!r})")
+        _check_metrics(path, f"cells[{i}]", cell["metrics"], METRICS)
+    worst = data.get("worst_case")
+    if worst is not None:
+        if not isinstance(worst, list):
+            raise BaselineError(f"{path}: worst_case: expected a list of entries")
+        for i, entry in enumerate(worst):
+            if not (isinstance(entry, dict) and isinstance(entry.get("axes"), dict)
+                    and isinstance(entry.get("metrics"), dict)):
+                raise BaselineError(f"{path}: worst_case[{i}] needs 'axes' and 'metrics'")
+            _check_metrics(path, f"worst_case[{i}]", entry["metrics"], WORST_METRICS)
     return data
+
+
+def _check_metrics(path: Path, where: str, metrics: Mapping[str, Any],
+                   allowed: Mapping[str, Any]) -> None:
+    for metric, value in metrics.items():
+        if metric not in allowed:
+            raise BaselineError(f"{path}: {where}.metrics.{metric}: unknown metric "
+                                f"(allowed: {', '.join(allowed)})")
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, float))):
+            raise BaselineError(f"{path}: {where}.metrics.{metric}: not a number "
+                                f"(got {value!r})")
 
 
 def parse_tolerances(text: str | None) -> dict[str, float]:
@@ -139,6 +197,7 @@ class CheckResult:
     new_cells: list[str] = field(default_factory=list)         # in the run, not in baseline
     config_changed: list[str] = field(default_factory=list)    # same axes, other config hash
     tolerances: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)             # said beside the verdicts
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -157,35 +216,57 @@ def label(axes: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in axes.items())
 
 
-def compare(baseline: Mapping[str, Any], results_dir: str | Path,
-            tolerances: Mapping[str, float]) -> CheckResult:
-    """Compare a run's finished cells with a baseline."""
-    current = {axes_key(c["axes"]): c for c in make_baseline(results_dir)["cells"]}
-    base = {axes_key(c["axes"]): c for c in baseline["cells"]}
-    result = CheckResult(tolerances=dict(tolerances))
-    for key, old in base.items():
-        new = current.get(key)
-        name = label(old["axes"])
+def _compare_metrics(result: CheckResult, name: str, old: Mapping[str, Any],
+                     new: Mapping[str, Any], metrics: Mapping[str, tuple[int, str]]) -> None:
+    """Append one :class:`Comparison` per metric that either side has."""
+    for metric, (direction, tol_key) in metrics.items():
+        was, now = old.get(metric), new.get(metric)
+        if was is None and now is None:
+            continue
+        if was is None:
+            verdict = "ok"  # a metric the baseline did not have: nothing to regress from
+        elif now is None or not math.isfinite(now):
+            verdict = "missing value"
+        else:
+            change = (now - was) * direction
+            tol = result.tolerances[tol_key]
+            verdict = ("regressed" if change < -tol - 1e-12 else
+                       "improved" if change > tol + 1e-12 else "ok")
+        result.comparisons.append(Comparison(name, metric, was, now, verdict))
+
+
+def _match(result: CheckResult, base: list[Mapping[str, Any]],
+           current: list[Mapping[str, Any]], metrics: Mapping[str, tuple[int, str]],
+           prefix: str = "") -> None:
+    """Match baseline and run entries by their axes; compare the pairs' ``metrics``, list
+    the unmatched ones, and (for cells) the pairs whose config hash differs."""
+    now_by_key = {axes_key(c["axes"]): c for c in current}
+    base_by_key = {axes_key(c["axes"]): c for c in base}
+    for key, old in base_by_key.items():
+        new = now_by_key.get(key)
+        name = prefix + label(old["axes"])
         if new is None:
             result.missing_now.append(name)
             continue
-        if new["cell_id"] != old["cell_id"]:
+        if "cell_id" in old and new.get("cell_id") != old["cell_id"]:
             result.config_changed.append(name)
-        for metric, (direction, tol_key) in METRICS.items():
-            was, now = old["metrics"].get(metric), new["metrics"].get(metric)
-            if was is None and now is None:
-                continue
-            if was is None:
-                verdict = "ok"  # a metric the baseline did not have: nothing to regress from
-            elif now is None or not math.isfinite(now):
-                verdict = "missing value"
-            else:
-                change = (now - was) * direction
-                tol = tolerances[tol_key]
-                verdict = ("regressed" if change < -tol - 1e-12 else
-                           "improved" if change > tol + 1e-12 else "ok")
-            result.comparisons.append(Comparison(name, metric, was, now, verdict))
-    result.new_cells = [label(c["axes"]) for k, c in current.items() if k not in base]
+        _compare_metrics(result, name, old["metrics"], new["metrics"], metrics)
+    result.new_cells += [prefix + label(c["axes"]) for k, c in now_by_key.items()
+                         if k not in base_by_key]
+
+
+def compare(baseline: Mapping[str, Any], results_dir: str | Path,
+            tolerances: Mapping[str, float]) -> CheckResult:
+    """Compare a run's finished cells, and its worst-case accuracies, with a baseline."""
+    now = make_baseline(results_dir)
+    result = CheckResult(tolerances={**DEFAULT_TOLERANCES, **tolerances})
+    _match(result, baseline["cells"], now["cells"], METRICS)
+    base_worst = baseline.get("worst_case")
+    if base_worst is None and now["worst_case"]:
+        result.notes.append("the baseline has no worst-case entries (it predates them): "
+                            "they count as not in the baseline; rewrite it with "
+                            "'byzbench baseline RESULTS_DIR -o FILE' to gate on them")
+    _match(result, base_worst or [], now["worst_case"], WORST_METRICS, WORST_PREFIX)
     return result
 
 
@@ -205,6 +286,7 @@ def markdown(result: CheckResult, allow_missing: bool = False) -> str:
                          ("configuration changed", result.config_changed)):
         if names:
             lines += ["", f"**{title}**: " + "; ".join(names)]
+    lines += ["", *(f"> {note}" for note in result.notes)] if result.notes else []
     return "\n".join(lines) + "\n"
 
 

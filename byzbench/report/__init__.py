@@ -2,6 +2,8 @@
 
 - :mod:`~byzbench.report.data` — load the database, filter, tidy aggregations (mean ± std
   over seeds, micro-averaged detection);
+- :mod:`~byzbench.report.ranking` — "Which defense?": defenses ranked by worst-case
+  accuracy with a bootstrap interval over seeds (:mod:`byzbench.worstcase`);
 - :mod:`~byzbench.report.tables` — the comparative analysis, accuracy, detection, backdoor
   ASR and skipped/failed tables; :mod:`~byzbench.report.privacy` — privacy facts;
 - :mod:`~byzbench.report.reference` — ``--reference`` claims beside measured values;

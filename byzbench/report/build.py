@@ -18,6 +18,7 @@ from byzbench.report.curves import curves_frame, select_cells
 from byzbench.report.data import ReportData, ReportError, load
 from byzbench.report.model import Report
 from byzbench.report.plots import all_plots
+from byzbench.report.ranking import ranking_table
 from byzbench.report.reference import load_reference, reference_table
 from byzbench.report.tables import (
     accuracy_frame,
@@ -80,7 +81,7 @@ def build_report(results_dir: str | Path, fractions: Sequence[str] | None = None
     comparative = comparative_frame(data)
     accuracy = accuracy_frame(data)
     chosen, why = select_cells(data, curves)
-    tables = [comparative_table(data, comparative)]
+    tables = [ranking_table(data, comparative), comparative_table(data, comparative)]
     if claims is not None:
         tables.append(reference_table(claims[0], claims[1], comparative, reference))
     tables += [accuracy_table(data), detection_table(data), backdoor_table(data),

@@ -3,10 +3,11 @@
 :func:`load` reads the database into one frame of cells with the columns the report
 groups by: ``defense`` / ``attack`` (display labels), ``malicious_fraction``, ``seed``,
 ``variant`` (the values of any extra grid axis, e.g. ``partition.alpha=0.1``; ``""`` when
-the grid has none), the registered component names, the attack's stage, and whether the
-attack is the benign baseline (``none``). Cells left over from an earlier version of a grid
-(the grid was edited; their ids are no longer in the grid's registered cell list) are
-dropped, so one configuration is never averaged with another under the same labels.
+the grid has none), the registered component names, the attack's stage, whether the
+attack is the benign baseline (``none``) and whether it is defense-aware (``aware``).
+Cells left over from an earlier version of a grid (the grid was edited; their ids are no
+longer in the grid's registered cell list) are dropped, so one configuration is never
+averaged with another under the same labels.
 
 The aggregations follow DESIGN.md: accuracy and ASR as mean ± std over seeds with ``n``
 the number of seeds; detection micro-averaged (counts summed over rounds, seeds and every
@@ -29,6 +30,7 @@ import pandas as pd
 from byzbench.config import STANDARD_AXES
 from byzbench.metrics import COUNT_KEYS, detection_rates
 from byzbench.store import ResultsStore, StoreError
+from byzbench.worstcase import attack_traits
 
 FRACTION = "malicious_fraction"
 ROW_KEYS = ["defense", "variant"]          # one row of the comparative analysis
@@ -80,17 +82,6 @@ def _scalar(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _attack_facts(name: str) -> tuple[str, bool]:
-    """(stage, benign) of a registered attack; ("unknown", name == "none") otherwise."""
-    from byzbench.registry import ATTACKS
-
-    try:
-        cls = ATTACKS.get(name)
-    except Exception:  # unknown name, a plugin that no longer imports
-        return "unknown", name == "none"
-    return str(getattr(cls, "stage", "unknown")), bool(getattr(cls, "benign", False))
 
 
 def _current_ids(meta: dict[str, str]) -> dict[str, set[str]]:
@@ -184,9 +175,10 @@ def load(results_dir: str | Path, fractions: Sequence[str] | None = None,
 
     cells["attack_name"] = cells["config"].map(lambda c: c["attack"]["name"])
     cells["defense_name"] = cells["config"].map(lambda c: c["defense"]["name"])
-    facts = {name: _attack_facts(name) for name in cells["attack_name"].unique()}
-    cells["stage"] = cells["attack_name"].map(lambda n: facts[n][0])
-    cells["benign"] = cells["attack_name"].map(lambda n: facts[n][1]).astype(bool)
+    facts = {name: attack_traits(name) for name in cells["attack_name"].unique()}
+    cells["stage"] = cells["attack_name"].map(lambda n: facts[n].stage)
+    cells["benign"] = cells["attack_name"].map(lambda n: facts[n].benign).astype(bool)
+    cells["aware"] = cells["attack_name"].map(lambda n: facts[n].aware).astype(bool)
     cells["family"] = cells["stage"].map(lambda s: STAGE_FAMILY.get(s, "other"))
 
     extra = sorted({k for axes in cells["axes"] for k in axes} - set(STANDARD_AXES))
