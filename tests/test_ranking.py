@@ -344,3 +344,34 @@ def test_a_malformed_worst_case_entry_is_one_line(tiny_run: Path, tmp_path: Path
     result = runner.invoke(app, ["check", str(tiny_run), "-b", str(path)])
     assert result.exit_code == 2
     assert "worst_case[0].metrics.worst_acc: unknown metric" in result.output
+
+
+def test_defenses_are_ranked_within_each_setting_of_an_extra_axis(tmp_path: Path):
+    """An extra axis (here the partition) is a setting: each of its values gets its own
+    section and ranks, so a defense is never ranked against another setting's rows."""
+    grid = grid_from_dict({
+        "name": "axes", "base": TINY_BASE,
+        "grid": {"attack": ["none", "sign_flip"], "defense": ["fedavg", "median"],
+                 "partition": ["iid", {"name": "dirichlet", "alpha": 0.5, "label": "dir"}],
+                 "malicious_fraction": [0.2], "seed": [0, 1]}})
+    accuracy = {("fedavg", "iid"): 0.90, ("median", "iid"): 0.50,
+                ("fedavg", "dir"): 0.30, ("median", "dir"): 0.80}
+    out = tmp_path / "axes"
+    with ResultsStore.create(out) as store:
+        store.register_grid(grid)
+        for cell in grid.cells:
+            acc = accuracy[(cell.axes["defense"], cell.axes["partition"])]
+            if cell.axes["attack"] == "none":
+                acc = 0.95
+            store.record("axes", cell, CellResult(status="done", summary={
+                "accuracy": acc + 0.01 * int(cell.axes["seed"]), "n": 6, "d": 1210}))
+    data = load(out)
+    frame = ranking_frame(data, comparative_frame(data))
+    ranks = {(d, v): int(r) for d, v, r in zip(frame["defense"], frame["variant"],
+                                                frame["rank"])}
+    assert ranks == {("fedavg", "partition=iid"): 1, ("median", "partition=iid"): 2,
+                     ("median", "partition=dir"): 1, ("fedavg", "partition=dir"): 2}
+    table = ranking_table(data, comparative_frame(data))
+    assert [s.title for s in table.sections] == [
+        "malicious fraction 20%, partition=iid", "malicious fraction 20%, partition=dir"]
+    assert list(table.sections[1].frame["defense"]) == ["median", "fedavg"]

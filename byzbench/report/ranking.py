@@ -1,6 +1,7 @@
 """The report's first table, "Which defense?": defenses ranked by worst-case accuracy.
 
-One section per malicious fraction, one row per defense (and variant): its worst-case
+One section per malicious fraction and setting (the values of any extra grid axis, e.g. a
+partition), one row per defense, ranked against the defenses of the same setting: its worst-case
 accuracy over every attack in the results with a bootstrap interval over seeds
 (:func:`byzbench.worstcase.worst_case`, the same definition the regression gate uses), the
 attack that achieves it, its clean accuracy, worst backdoor ASR, FPR, aggregation cost and
@@ -43,6 +44,7 @@ from byzbench.report.tables import (
 from byzbench.worstcase import LEVEL, SAMPLES, strict_ranks, worst_case
 
 KEYS = [*ROW_KEYS, FRACTION]      # one row of the ranking: a defense at one fraction
+SETTING = [FRACTION, "variant"]   # the defenses ranked against each other
 NOT_AWARE_NOTE = "worst case over attacks that ignore the rule only"
 
 
@@ -82,11 +84,11 @@ def ranking_frame(data: ReportData, comparative: pd.DataFrame) -> pd.DataFrame:
     out = out.merge(plain_keys(shared), on=ROW_KEYS, how="left")
 
     out["rank"] = 0
-    for _, part in out.groupby(FRACTION, sort=False):
+    for _, part in out.groupby(SETTING, sort=False):
         out.loc[part.index, "rank"] = strict_ranks(part["ci_low"].to_numpy(dtype=float),
                                                    part["ci_high"].to_numpy(dtype=float))
     ranked = out["rank"] > 0
-    sizes = out[ranked].groupby([FRACTION, "rank"])["rank"].transform("size")
+    sizes = out[ranked].groupby([*SETTING, "rank"])["rank"].transform("size")
     out["tied"] = False
     out.loc[sizes.index, "tied"] = sizes > 1
     out["rank"] = out["rank"].where(ranked).astype("Int64")
@@ -97,10 +99,11 @@ def ranking_frame(data: ReportData, comparative: pd.DataFrame) -> pd.DataFrame:
     order = {c: {v: i for i, v in enumerate(data.cells[c].cat.categories)}
              for c in ("defense", "variant")}
     sort = pd.DataFrame({
-        "f": out[FRACTION], "r": out["rank"].fillna(np.iinfo(np.int32).max).astype(int),
+        "f": out[FRACTION], "v": out["variant"].map(order["variant"]),
+        "r": out["rank"].fillna(np.iinfo(np.int32).max).astype(int),
         "w": -out["worst_accuracy"].fillna(-np.inf),
-        "d": out["defense"].map(order["defense"]), "v": out["variant"].map(order["variant"])})
-    out = out.loc[sort.sort_values(["f", "r", "w", "d", "v"]).index].reset_index(drop=True)
+        "d": out["defense"].map(order["defense"])})
+    out = out.loc[sort.sort_values(["f", "v", "r", "w", "d"]).index].reset_index(drop=True)
     columns = [*KEYS, "rank", "tied", "worst_accuracy", "ci_low", "ci_high", "worst_attack",
                "attacks", "seeds", "adaptive_tested", "clean_accuracy", "clean_accuracy_std",
                "worst_asr", "fpr", "decides_per_client", "agg_ms", "plaintext_updates",
@@ -134,14 +137,15 @@ def _adaptive_text(value: Any) -> str:
 
 
 def ranking_table(data: ReportData, comparative: pd.DataFrame) -> ReportTable:
-    """The "Which defense?" table: :func:`ranking_frame` as one section per fraction."""
+    """The "Which defense?" table: :func:`ranking_frame` as one section per fraction and
+    setting."""
     tidy = ranking_frame(data, comparative)
     with_asr = tidy["worst_asr"].notna().any()
     sections = []
-    for fraction, part in tidy.groupby(FRACTION, sort=True):
+    for (fraction, variant), part in tidy.groupby(SETTING, sort=False):
         display = pd.DataFrame({
             "rank": [_rank_text(r, t) for r, t in zip(part["rank"], part["tied"])],
-            "defense": [row_label(d, v) for d, v in zip(part["defense"], part["variant"])],
+            "defense": [str(d) for d in part["defense"]],
             f"worst-case accuracy % [{LEVEL:.0%} CI]": [_worst_text(r)
                                                        for _, r in part.iterrows()],
             "worst attack": [DASH if _missing(a) else str(a) for a in part["worst_attack"]],
@@ -157,12 +161,14 @@ def ranking_table(data: ReportData, comparative: pd.DataFrame) -> ReportTable:
         })
         if not with_asr:
             display = display.drop(columns=["worst backdoor ASR %"])
-        sections.append(Section(f"malicious fraction {frac_text(float(fraction))}", display))
+        title = f"malicious fraction {frac_text(float(fraction))}"
+        sections.append(Section(f"{title}, {variant}" if variant else title, display))
     if tidy["worst_accuracy"].isna().all():
         sections = []  # nothing attacked finished: the empty note says so
 
     caption = (
-        "Defenses ranked by worst-case accuracy, one section per malicious fraction: per "
+        "Defenses ranked by worst-case accuracy against the defenses of the same setting, "
+        "one section per malicious fraction (and value of any extra grid axis): per "
         "attack, the final test accuracy averaged over seeds; the worst case is the lowest "
         "of those means over every attack in the results (the no-attack baseline left out), "
         f"and 'worst attack' is the attack that gives it ({DASH}: the defense ran only "
