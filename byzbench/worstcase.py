@@ -138,5 +138,17 @@ def strict_ranks(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.where(valid, 1 + above.sum(axis=1), 0).astype(int)
 
 
+def rank_ranges(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The places each interval [low, high] can take among the valid ones: best =
+    1 + how many lie entirely above it (:func:`strict_ranks`), worst = the number of valid
+    intervals − how many lie entirely below it. Intervals that overlap get overlapping
+    ranges, so they are never put in order. NaN intervals get (0, 0)."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    valid = ~(np.isnan(low) | np.isnan(high))
+    below = (high[None, :] < low[:, None]) & valid[None, :]
+    worst = np.where(valid, int(valid.sum()) - below.sum(axis=1), 0).astype(int)
+    return strict_ranks(low, high), worst
+
+
 __all__ = ["COLUMNS", "LEVEL", "SAMPLES", "SEED", "AttackTraits", "attack_traits",
-           "strict_ranks", "worst_case"]
+           "rank_ranges", "strict_ranks", "worst_case"]

@@ -33,7 +33,7 @@ from byzbench.report.ranking import NOT_AWARE_NOTE, ranking_frame, ranking_table
 from byzbench.report.tables import comparative_frame
 from byzbench.report.writers import render_html, render_markdown
 from byzbench.store import ResultsStore
-from byzbench.worstcase import attack_traits, strict_ranks, worst_case
+from byzbench.worstcase import attack_traits, rank_ranges, strict_ranks, worst_case
 
 runner = CliRunner()
 AWARE = "ranking_fixtures:AwareFlip"
@@ -187,20 +187,22 @@ def test_one_seed_gives_the_point_as_interval_and_many_seeds_a_seeded_one():
 
 def test_overlapping_intervals_tie_and_separated_ones_are_ordered(synthetic: Path):
     frame = _frame(synthetic)
-    # fedavg's and trimmed_mean's intervals overlap: both first, tied; median lies
-    # entirely below both: third, alone; geomed has no worst case: unranked
+    # fedavg's and trimmed_mean's intervals overlap: each could be first or second; median
+    # lies entirely below both: third, alone; geomed has no worst case: unranked
     assert frame.loc["fedavg", "ci_low"] <= frame.loc["trimmed_mean", "ci_high"]
     assert frame.loc["trimmed_mean", "ci_low"] <= frame.loc["fedavg", "ci_high"]
     assert frame.loc["median", "ci_high"] < frame.loc["trimmed_mean", "ci_low"]
     assert frame["rank"].dropna().to_dict() == {"fedavg": 1, "trimmed_mean": 1, "median": 3}
+    assert frame["rank_worst"].dropna().to_dict() == {"fedavg": 2, "trimmed_mean": 2,
+                                                      "median": 3}
     assert pd.isna(frame.loc["geomed", "rank"])
     assert frame["tied"].to_dict() == {"fedavg": True, "trimmed_mean": True,
                                        "median": False, "geomed": False}
-    # sorted by rank, then worst case (best first); the unranked last
+    # sorted by worst case (best first); the unranked last
     assert list(frame.index) == ["fedavg", "trimmed_mean", "median", "geomed"]
     shown = ranking_table(load(synthetic), comparative_frame(load(synthetic)))
     display = shown.sections[0].frame
-    assert list(display["rank"]) == ["=1", "=1", "3", "–"]
+    assert list(display["rank"]) == ["1–2", "1–2", "3", "–"]
     assert list(display["defense"]) == ["fedavg", "trimmed_mean", "median", "geomed"]
     worst = display.columns[2]
     assert worst.startswith("worst-case accuracy")
@@ -208,11 +210,15 @@ def test_overlapping_intervals_tie_and_separated_ones_are_ordered(synthetic: Pat
     assert list(display["worst attack"]) == ["gaussian", "sign_flip", "sign_flip", "–"]
 
 
-def test_strict_ranks():
+def test_strict_ranks_and_rank_ranges():
     low = np.array([0.70, 0.50, 0.60, np.nan, 0.80])
     high = np.array([0.80, 0.55, 0.72, np.nan, 0.90])
     # 0.80–0.90 overlaps 0.70–0.80 (touching ends overlap) but lies above 0.60–0.72
     assert strict_ranks(low, high).tolist() == [1, 4, 2, 0, 1]
+    best, worst = rank_ranges(low, high)
+    assert best.tolist() == [1, 4, 2, 0, 1]
+    # 0.70–0.80 has 0.50–0.55 entirely below and overlaps 0.60–0.72: places 1 to 3
+    assert worst.tolist() == [3, 4, 3, 0, 2]
 
 
 # -- defense-aware attacks ------------------------------------------------------------------

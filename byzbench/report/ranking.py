@@ -6,9 +6,10 @@ accuracy over every attack in the results with a bootstrap interval over seeds
 (:func:`byzbench.worstcase.worst_case`, the same definition the regression gate uses), the
 attack that achieves it, its clean accuracy, worst backdoor ASR, FPR, aggregation cost and
 privacy facts (as in the comparative analysis), and whether any defense-aware attack was
-among the attacks it faced. A rank is 1 + the number of defenses whose interval lies
-entirely above this one's (:func:`byzbench.worstcase.strict_ranks`), so defenses whose
-intervals overlap are shown as tied, never ordered.
+among the attacks it faced. A rank is a range (:func:`byzbench.worstcase.rank_ranges`):
+from 1 + the number of defenses whose interval lies entirely above this one's to the
+number ranked − those entirely below, so defenses whose intervals overlap get overlapping
+ranges and are never ordered.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from byzbench.report.tables import (
     pct_pm,
     row_label,
 )
-from byzbench.worstcase import LEVEL, SAMPLES, strict_ranks, worst_case
+from byzbench.worstcase import LEVEL, SAMPLES, rank_ranges, worst_case
 
 KEYS = [*ROW_KEYS, FRACTION]      # one row of the ranking: a defense at one fraction
 SETTING = [FRACTION, "variant"]   # the defenses ranked against each other
@@ -83,15 +84,15 @@ def ranking_frame(data: ReportData, comparative: pd.DataFrame) -> pd.DataFrame:
         "keeps_client_state": "client_state"})
     out = out.merge(plain_keys(shared), on=ROW_KEYS, how="left")
 
-    out["rank"] = 0
+    out["rank"], out["rank_worst"] = 0, 0
     for _, part in out.groupby(SETTING, sort=False):
-        out.loc[part.index, "rank"] = strict_ranks(part["ci_low"].to_numpy(dtype=float),
-                                                   part["ci_high"].to_numpy(dtype=float))
+        best, worst = rank_ranges(part["ci_low"].to_numpy(dtype=float),
+                                  part["ci_high"].to_numpy(dtype=float))
+        out.loc[part.index, "rank"], out.loc[part.index, "rank_worst"] = best, worst
     ranked = out["rank"] > 0
-    sizes = out[ranked].groupby([*SETTING, "rank"])["rank"].transform("size")
-    out["tied"] = False
-    out.loc[sizes.index, "tied"] = sizes > 1
+    out["tied"] = ranked & (out["rank_worst"] > out["rank"])
     out["rank"] = out["rank"].where(ranked).astype("Int64")
+    out["rank_worst"] = out["rank_worst"].where(ranked).astype("Int64")
     out["adaptive_tested"] = (out["adaptive_tested"].where(out["worst_accuracy"].notna())
                               .astype("boolean"))
     out["decides_per_client"] = out["decides_per_client"].astype("boolean")
@@ -100,21 +101,20 @@ def ranking_frame(data: ReportData, comparative: pd.DataFrame) -> pd.DataFrame:
              for c in ("defense", "variant")}
     sort = pd.DataFrame({
         "f": out[FRACTION], "v": out["variant"].map(order["variant"]),
-        "r": out["rank"].fillna(np.iinfo(np.int32).max).astype(int),
         "w": -out["worst_accuracy"].fillna(-np.inf),
         "d": out["defense"].map(order["defense"])})
-    out = out.loc[sort.sort_values(["f", "v", "r", "w", "d"]).index].reset_index(drop=True)
-    columns = [*KEYS, "rank", "tied", "worst_accuracy", "ci_low", "ci_high", "worst_attack",
+    out = out.loc[sort.sort_values(["f", "v", "w", "d"]).index].reset_index(drop=True)
+    columns = [*KEYS, "rank", "rank_worst", "tied", "worst_accuracy", "ci_low", "ci_high", "worst_attack",
                "attacks", "seeds", "adaptive_tested", "clean_accuracy", "clean_accuracy_std",
                "worst_asr", "fpr", "decides_per_client", "agg_ms", "plaintext_updates",
                "server_data", "client_state"]
     return out[columns]
 
 
-def _rank_text(rank: Any, tied: bool) -> str:
+def _rank_text(rank: Any, worst: Any) -> str:
     if _missing(rank):
         return DASH
-    return f"={int(rank)}" if tied else str(int(rank))
+    return f"{int(rank)}–{int(worst)}" if int(worst) > int(rank) else str(int(rank))
 
 
 def _worst_text(row: pd.Series) -> str:
@@ -144,7 +144,7 @@ def ranking_table(data: ReportData, comparative: pd.DataFrame) -> ReportTable:
     sections = []
     for (fraction, variant), part in tidy.groupby(SETTING, sort=False):
         display = pd.DataFrame({
-            "rank": [_rank_text(r, t) for r, t in zip(part["rank"], part["tied"])],
+            "rank": [_rank_text(r, w) for r, w in zip(part["rank"], part["rank_worst"])],
             "defense": [str(d) for d in part["defense"]],
             f"worst-case accuracy % [{LEVEL:.0%} CI]": [_worst_text(r)
                                                        for _, r in part.iterrows()],
@@ -177,8 +177,10 @@ def ranking_table(data: ReportData, comparative: pd.DataFrame) -> ReportTable:
         "with replacement and takes the minimum over attacks of the means again; seeded, so "
         "the same results give the same interval; with one seed it is the point; widened "
         "to contain the point where the minimum's downward resampling bias would leave it "
-        "out). Rank: 1 + the number of defenses whose interval lies entirely above this "
-        "one's; '=' marks a tie: defenses whose intervals overlap are never put in order. "
+        "out). Rows are sorted by worst case; rank: the places a defense can take given the "
+        "intervals, from 1 + the number of defenses whose interval lies entirely above its "
+        "own to the number ranked − those entirely below (e.g. 2–5): defenses whose "
+        "intervals overlap get overlapping ranks and are never put in order. "
         "Clean accuracy: attack none, mean ± std over seeds; worst backdoor ASR: the highest "
         "mean ASR over the attacks; FPR: micro-averaged over the attacked cells "
         f"({NA}: flags nobody by design); agg ms/round and privacy facts as in the "
