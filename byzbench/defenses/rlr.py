@@ -21,7 +21,7 @@ class RlrParams(DefenseParams):
         None, ge=0.0, le=1e9,
         description="θ: a coordinate whose sign agreement |Σ_i sign(Δ_i)| is below θ gets "
                     "learning rate −η instead of η (default 0.4·n, the paper's θ = 4 of 10 "
-                    "agents; the paper's guideline is f < θ ≤ n − f)")
+                    "agents; every setting of the authors' scripts has θ above the corrupt count)")
     weighting: Literal["samples", "uniform"] = Field(
         "samples", description="the mean the learning rate multiplies: weighted by local "
                                "sample count (the authors' code), or equal")
