@@ -28,8 +28,10 @@ class RlrParams(DefenseParams):
 
 
 def sign_agreement(updates: torch.Tensor) -> torch.Tensor:
-    """[d] |Σ_i sign(Δ_i)|, float64 (sign(0) = 0, as ``torch.sign``)."""
-    return torch.sign(updates).to(torch.float64).sum(dim=0).abs()
+    """[d] |Σ_i sign(Δ_i)| (sign(0) = 0, as ``torch.sign``); summed in float32 at least,
+    which counts exactly up to 2²⁴ rows."""
+    acc = torch.float64 if updates.dtype == torch.float64 else torch.float32
+    return torch.sign(updates).sum(dim=0, dtype=acc).abs()
 
 
 @DEFENSES.register("rlr")
