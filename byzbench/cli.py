@@ -346,16 +346,17 @@ def data_fetch(
                       "(apt-get install -y, through sudo when not root; Debian/Ubuntu; "
                       "fashion_mnist: dataset-fashion-mnist)")] = False,
 ) -> None:
-    """Make a dataset's files available and say where they are and where they came from:
-    files already present (data/<name>, then the OS package's directory), else with --apt
-    the OS package, else a torchvision download into data/<name>."""
+    """Make a dataset's files available; one line says where they are and their source.
+
+    Sources, in order: files already present (data/<name> or $BYZBENCH_DATA/<name>, then
+    the OS package's directory), the OS package (only with --apt), a torchvision download
+    into data/<name>."""
     from byzbench.data.datasets import DatasetFormatError, DatasetNotFoundError
     from byzbench.data.provision import fetch
     from byzbench.registry import UnknownComponentError
 
     if not is_file_dataset_or_unknown(name):
-        console.print(f"{name}: nothing to fetch ("
-                      f"{'bundled with byzbench' if name == 'digits' else 'generated'})")
+        console.print(f"{name}: nothing to fetch ({_no_files(name)})")
         return
     try:
         done = fetch(name, root=root, apt=apt)
@@ -393,8 +394,7 @@ def data_list() -> None:
         table.add_column(col, no_wrap=col == "name", overflow="fold")
     for name in DATASETS.names():
         if not is_file_dataset(name):
-            table.add_row(name, "[green]ready[/]", "-",
-                          "bundled" if name == "digits" else "generated")
+            table.add_row(name, "[green]ready[/]", "-", _no_files(name))
             continue
         source = file_dataset(name, download=False)
         found = source.find()
@@ -405,6 +405,11 @@ def data_list() -> None:
         else:
             table.add_row(name, "[green]present[/]", escape(str(found[0])), escape(found[1]))
     console.print(table)
+
+
+def _no_files(name: str) -> str:
+    return {"digits": "bundled with byzbench", "synthetic": "generated"}.get(name,
+                                                                           "needs no files")
 
 
 def is_file_dataset_or_unknown(name: str) -> bool:

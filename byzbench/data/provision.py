@@ -55,8 +55,7 @@ def file_dataset(name: str, root: str | None = None, download: bool = True) -> _
     """The registered file dataset ``name`` (its parameters' defaults, ``root`` if given)."""
     cls = DATASETS.get(name)
     if not issubclass(cls, _FileSource):
-        raise ValueError(f"dataset '{name}' needs no files: "
-                         + ("bundled with byzbench" if name == "digits" else "generated"))
+        raise ValueError(f"dataset '{name}' needs no files")
     return cls(cls.Params(root=root, download=download))
 
 
