@@ -230,3 +230,18 @@ def test_real_fashion_mnist():
     assert ds.y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the files' first labels
     assert ds.y_test[:5].tolist() == [9, 2, 1, 1, 6]
     clear_dataset_cache()
+
+
+def test_a_grid_runs_on_the_system_files_and_fails_in_one_line_without(sandbox, tmp_path):
+    from helpers import TINY_BASE, write_grid
+
+    grid = write_grid(tmp_path / "fm.yaml", {
+        "name": "fm", "base": {**TINY_BASE, "dataset": "fashion_mnist",
+                               "partition": {"name": "bias", "bias": 0.5}, "clients": 4}})
+    missing = runner.invoke(app, ["run", str(grid), "-o", str(tmp_path / "r0"), "-q", "-w", "1"])
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    assert "fm.yaml" in missing.output and str(sandbox.system) in missing.output
+    write_idx_gz(sandbox.system, n_train=40)
+    ok = runner.invoke(app, ["run", str(grid), "-o", str(tmp_path / "r1"), "-q", "-w", "1"])
+    assert ok.exit_code == 0, ok.output
