@@ -343,7 +343,8 @@ class FileDatasetParams(DatasetParams):
                                                "the working directory); none: searched for, "
                                                "see README § Data")
     download: bool = Field(True, description="if the files are absent and torchvision is "
-                                             "installed, download them into root")
+                                             "installed, download them into root (unset: "
+                                             "data/<name>)")
     max_train_samples: int | None = Field(None, ge=1,
                                           description="keep a stratified random subset of at "
                                                       "most this many training samples (quick runs)")
