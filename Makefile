@@ -1,14 +1,18 @@
 # The two commands of the quick start:
 #   make run    installs byzbench and runs the main job (configs/grid.yaml, bundled digits data)
 #   make test   installs the dev extras and runs the test suite
+#   make data   provisions real Fashion-MNIST (DATASET=mnist|cifar10 for the others; APT=1 lets
+#               it run apt-get install dataset-fashion-mnist on Debian/Ubuntu)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 # torch: a CPU build is installed first when torch is missing, so that the `torch>=2.3`
 # requirement is already met and pip pulls no CUDA packages.
 TORCH_VERSION ?= 2.13.0
 WORKERS ?=
+DATASET ?= fashion_mnist
+APT ?=
 
-.PHONY: install dev run quick test lint docs bench results clean
+.PHONY: install dev run quick test lint docs bench results clean data
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
@@ -20,6 +24,11 @@ dev:
 
 run: install
 	$(PYTHON) -m byzbench run configs/grid.yaml $(if $(WORKERS),--workers $(WORKERS))
+
+# the dataset's files: already present (data/<name>, or the OS package's directory), else with
+# APT=1 the OS package, else a torchvision download; one line says where and from what source
+data: install
+	$(PYTHON) -m byzbench data fetch $(DATASET) $(if $(APT),--apt)
 
 quick: install
 	$(PYTHON) -m byzbench run configs/quick.yaml

@@ -1,4 +1,4 @@
-"""The ``byzbench`` command line (Typer): run, report, check, baseline, list.
+"""The ``byzbench`` command line (Typer): run, report, check, baseline, list, data.
 
 Each command parses its options, calls the same library functions that :mod:`byzbench.api`
 exposes to Python (:func:`~byzbench.config.load_grid`, :func:`~byzbench.runner.run_grid`,
@@ -326,6 +326,98 @@ def _params_text(cls: Any) -> str:
             text += f" — {info.description}"
         lines.append(text)
     return "\n".join(lines) or "-"
+
+
+data_app = typer.Typer(no_args_is_help=True,
+                       help="Provision the file datasets (mnist, fashion_mnist, cifar10): fetch "
+                            "them, show where byzbench finds them.")
+app.add_typer(data_app, name="data")
+
+_ROOT_HELP = ("directory to use instead of the default search (data/<name> or "
+              "$BYZBENCH_DATA/<name>, then the OS package's directory)")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="dataset name, e.g. fashion_mnist")],
+    root: Annotated[str | None, typer.Option(help=_ROOT_HELP)] = None,
+    apt: Annotated[bool, typer.Option(
+        "--apt", help="if the files are absent, install the OS package that ships them "
+                      "(apt-get install -y, through sudo when not root; Debian/Ubuntu; "
+                      "fashion_mnist: dataset-fashion-mnist)")] = False,
+) -> None:
+    """Make a dataset's files available; one line says where they are and their source.
+
+    Sources, in order: files already present (data/<name> or $BYZBENCH_DATA/<name>, then
+    the OS package's directory), the OS package (only with --apt), a torchvision download
+    into data/<name>."""
+    from byzbench.data.datasets import DatasetFormatError, DatasetNotFoundError
+    from byzbench.data.provision import fetch
+    from byzbench.registry import UnknownComponentError
+
+    if not is_file_dataset_or_unknown(name):
+        console.print(f"{name}: nothing to fetch ({_no_files(name)})")
+        return
+    try:
+        done = fetch(name, root=root, apt=apt)
+    except (UnknownComponentError, ValueError, DatasetNotFoundError,
+            DatasetFormatError) as exc:
+        fail(str(exc))
+    console.print(escape(done.line()), highlight=False, soft_wrap=True)
+
+
+@data_app.command("where")
+def data_where(
+    name: Annotated[str, typer.Argument(help="dataset name, e.g. fashion_mnist")],
+    root: Annotated[str | None, typer.Option(help=_ROOT_HELP)] = None,
+) -> None:
+    """Print the directory a dataset's files are read from (exit 2 if absent)."""
+    from byzbench.data.datasets import DatasetNotFoundError
+    from byzbench.data.provision import where
+    from byzbench.registry import UnknownComponentError
+
+    try:
+        directory, _ = where(name, root=root)
+    except (UnknownComponentError, ValueError, DatasetNotFoundError) as exc:
+        fail(str(exc))
+    console.print(escape(directory), highlight=False, soft_wrap=True)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Every dataset: whether its files are present, where, and from which source."""
+    from byzbench.data.provision import file_dataset, is_file_dataset
+    from byzbench.registry import DATASETS
+
+    table = Table(title="datasets", title_justify="left")
+    for col in ("name", "status", "directory", "source"):
+        table.add_column(col, no_wrap=col == "name", overflow="fold")
+    for name in DATASETS.names():
+        if not is_file_dataset(name):
+            table.add_row(name, "[green]ready[/]", "-", _no_files(name))
+            continue
+        source = file_dataset(name, download=False)
+        found = source.find()
+        if found is None:
+            searched = ", ".join(str(root) for root, _ in source.search_roots())
+            table.add_row(name, "[yellow]missing[/]", escape(searched),
+                          f"byzbench data fetch {name}")
+        else:
+            table.add_row(name, "[green]present[/]", escape(str(found[0])), escape(found[1]))
+    console.print(table)
+
+
+def _no_files(name: str) -> str:
+    return {"digits": "bundled with byzbench", "synthetic": "generated"}.get(name,
+                                                                           "needs no files")
+
+
+def is_file_dataset_or_unknown(name: str) -> bool:
+    """False only for a registered dataset that needs no files (digits, synthetic)."""
+    from byzbench.data.provision import is_file_dataset
+    from byzbench.registry import DATASETS
+
+    return name not in DATASETS.names() or is_file_dataset(name)
 
 
 def _register_optional_commands() -> None:

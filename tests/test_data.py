@@ -34,7 +34,7 @@ from byzbench.data.datasets import (
     stratified_split,
     stratified_subset,
 )
-from byzbench.data.partition import Dirichlet, Shards
+from byzbench.data.partition import Bias, Dirichlet, Shards
 from byzbench.registry import DATASETS, PARTITIONS
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -72,7 +72,7 @@ def test_every_parameter_is_documented(registry):
 
 def test_registry_names():
     assert {"digits", "synthetic", "mnist", "fashion_mnist", "cifar10"} <= set(DATASETS.names())
-    assert {"iid", "dirichlet", "shards"} <= set(PARTITIONS.names())
+    assert {"iid", "dirichlet", "shards", "bias"} <= set(PARTITIONS.names())
     assert DATASETS.get("digits") is Digits
 
 
@@ -455,7 +455,8 @@ def test_cifar_refuses_arbitrary_pickles(tmp_path):
 
 PARTITION_CASES = [("iid", {}), ("dirichlet", {"alpha": 0.5}), ("dirichlet", {"alpha": 0.01}),
                    ("dirichlet", {"alpha": 100.0}), ("shards", {}),
-                   ("shards", {"shards_per_client": 5})]
+                   ("shards", {"shards_per_client": 5}), ("bias", {}), ("bias", {"bias": 1.0}),
+                   ("bias", {"bias": 0.0})]
 
 
 def partition(name: str, **params):
@@ -546,6 +547,81 @@ def test_shards_with_few_samples():
     labels = np.arange(7) % 3
     parts = Shards(Shards.Params(shards_per_client=3)).split(labels, 3, np.random.default_rng(0))
     assert sorted(len(p) for p in parts) == [2, 2, 3]
+
+
+def bias_split(h: float, labels: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
+    return Bias(Bias.Params(bias=h)).split(labels, k, np.random.default_rng(seed))
+
+
+def test_bias_one_gives_each_client_a_single_label():
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 300))
+    parts = bias_split(1.0, labels, 20)
+    # client j is in group floor(j·C/k) = j // 2 and holds only that label
+    assert [np.unique(labels[p]).tolist() for p in parts] == [[j // 2] for j in range(20)]
+
+
+def test_bias_groups_when_clients_not_divisible_by_classes():
+    labels = np.random.default_rng(1).permutation(np.repeat(np.arange(10), 200))
+    parts = bias_split(1.0, labels, 25)
+    held = [np.unique(labels[p]).tolist() for p in parts]
+    assert all(len(h) == 1 for h in held)
+    clients_per_label = np.bincount([h[0] for h in held], minlength=10)
+    assert sorted(clients_per_label.tolist()) == [2] * 5 + [3] * 5  # near-equal groups
+    # fewer clients than labels: group g is client floor(g·k/C), serving several groups
+    parts = bias_split(1.0, labels, 3)
+    assert [np.unique(labels[p]).tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6],
+                                                               [7, 8, 9]]
+
+
+def test_bias_1_over_c_is_iid():
+    labels = np.random.default_rng(2).integers(0, 10, 100_000)
+    parts = bias_split(0.1, labels, 10, seed=3)
+    overall = np.bincount(labels, minlength=10) / labels.size
+    for p in parts:  # ~10k samples each: binomial sd of a share ≈ 0.003
+        share = np.bincount(labels[p], minlength=10) / p.size
+        assert np.abs(share - overall).max() < 0.015
+    iid = mean_entropy(labels, partition("iid").split(labels, 10, np.random.default_rng(0)), 10)
+    assert mean_entropy(labels, parts, 10) > 0.999 * iid
+
+
+@pytest.mark.parametrize("h", [0.0, 0.3, 0.5, 0.8])
+def test_bias_group_label_share_is_h(h):
+    c, k = 10, 20
+    labels = np.random.default_rng(4).permutation(np.repeat(np.arange(c), 5000))
+    parts = bias_split(h, labels, k, seed=5)
+    group_of = np.empty(labels.size, dtype=np.int64)
+    for j, p in enumerate(parts):
+        group_of[p] = j * c // k
+    for label in range(c):  # P(group l | label l) = h, each other group (1-h)/(C-1)
+        to = np.bincount(group_of[labels == label], minlength=c) / 5000
+        assert abs(to[label] - h) < 0.025
+        assert np.abs(np.delete(to, label) - (1 - h) / (c - 1)).max() < 0.02
+    for g in range(c):  # balanced classes: a group's own label is a share h of its data
+        held = labels[group_of == g]
+        assert abs(np.mean(held == g) - h) < 0.025
+    assert sum(p.size for p in parts) == labels.size
+
+
+def test_bias_deterministic_and_exhaustive():
+    labels = np.random.default_rng(6).integers(0, 10, 5000)
+    a, b, other = bias_split(0.5, labels, 30, 7), bias_split(0.5, labels, 30, 7), \
+        bias_split(0.5, labels, 30, 8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, other, strict=True))
+    flat = np.concatenate(a)
+    assert np.array_equal(np.sort(flat), np.arange(labels.size))
+    assert all(x.dtype == np.int64 and np.all(np.diff(x) > 0) for x in a)
+
+
+def test_bias_fills_empty_clients_and_validates():
+    labels = np.repeat(np.arange(5), 4)  # 20 samples, 18 clients: the draw leaves some empty
+    parts = bias_split(0.9, labels, 18, seed=0)
+    assert min(p.size for p in parts) == 1 and sum(p.size for p in parts) == 20
+    parts = bias_split(0.5, np.full(30, 7), 4)  # one label: one group, uniform split
+    assert sum(p.size for p in parts) == 30
+    with pytest.raises(ValidationError):
+        Bias.Params(bias=1.5)
+    assert Bias.Params().bias == 0.5
 
 
 def test_stratified_subset():

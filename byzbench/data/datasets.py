@@ -2,9 +2,13 @@
 
 ``digits`` and ``synthetic`` need no files. The three vision datasets read their standard
 raw files from a ``root`` directory (IDX files for MNIST and Fashion-MNIST, the python
-pickle batches for CIFAR-10); when the files are absent and torchvision is installed they
-are downloaded with it, otherwise :class:`DatasetNotFoundError` says which files to place
-where.
+pickle batches for CIFAR-10). Without ``root`` they are searched in ``data_dir()/<name>``
+(``$BYZBENCH_DATA`` or ``./data``), then in the directory of an OS package that ships them
+(Debian/Ubuntu's ``dataset-fashion-mnist``: ``/usr/share/datasets/fashion-mnist``). When
+the files are absent and torchvision is installed they are downloaded with it (into
+``root``, or ``data_dir()/<name>``), otherwise :class:`DatasetNotFoundError` says where
+byzbench looked and how to get them (:mod:`byzbench.data.provision`: ``byzbench data
+fetch``).
 
 Pixels are always scaled to ``[0, 1]``; with ``normalize: true`` (the default) every
 channel (every feature, for ``synthetic``) is then standardised with the training split's
@@ -24,7 +28,9 @@ import functools
 import gzip
 import importlib.util
 import math
+import os
 import pickle
+import shutil
 import struct
 import tarfile
 import zlib
@@ -48,7 +54,9 @@ __all__ = [
     "FashionMNIST",
     "FileDatasetParams",
     "Synthetic",
+    "apt_available",
     "clear_dataset_cache",
+    "data_dir",
     "read_cifar_batch",
     "read_idx",
     "standardize_",
@@ -311,13 +319,32 @@ class Synthetic(_CachedSource):
 # --------------------------------------------------------------------------- raw-file datasets
 
 
+DATA_ENV = "BYZBENCH_DATA"
+
+
+def data_dir() -> Path:
+    """byzbench's own data directory: ``$BYZBENCH_DATA`` when set, else ``./data``.
+
+    A file dataset whose ``root`` is not set is looked for in ``data_dir()/<name>`` first
+    (where ``byzbench data fetch`` downloads it), then in its system package's directory.
+    """
+    return Path(os.environ.get(DATA_ENV) or "data").expanduser().absolute()
+
+
+def apt_available() -> bool:
+    """Whether this is a Debian-like system with apt-get on the PATH."""
+    return shutil.which("apt-get") is not None
+
+
 class FileDatasetParams(DatasetParams):
     """Parameters of the datasets read from raw files under ``root``."""
 
-    root: str = Field("data", description="directory holding the raw files (relative to the "
-                                          "working directory)")
+    root: str | None = Field(None, description="directory holding the raw files (relative to "
+                                               "the working directory); none: searched for, "
+                                               "see README § Data")
     download: bool = Field(True, description="if the files are absent and torchvision is "
-                                             "installed, download them into root")
+                                             "installed, download them into root (unset: "
+                                             "data/<name>)")
     max_train_samples: int | None = Field(None, ge=1,
                                           description="keep a stratified random subset of at "
                                                       "most this many training samples (quick runs)")
@@ -329,7 +356,11 @@ class FileDatasetParams(DatasetParams):
 
 
 class _FileSource(_CachedSource):
-    """Reads raw files from ``root``; falls back to a torchvision download."""
+    """Reads raw files from ``root``; falls back to a torchvision download.
+
+    With ``root`` unset the files are searched, in order, in ``data_dir()/<name>`` and in
+    :attr:`system_dirs` (where an OS package installs them); a download goes to the first.
+    """
 
     Params: ClassVar[type[FileDatasetParams]] = FileDatasetParams
     num_classes: ClassVar[int] = 10
@@ -337,17 +368,37 @@ class _FileSource(_CachedSource):
     source_url: ClassVar[str] = ""
     torchvision_class: ClassVar[str] = ""
     files_note: ClassVar[str] = ""
+    dir_name: ClassVar[str] = ""                 # its directory under data_dir()
+    system_dirs: ClassVar[tuple[str, ...]] = ()  # where an OS package puts the files
+    apt_package: ClassVar[str] = ""              # that Debian/Ubuntu package
+
+    def search_roots(self) -> list[tuple[Path, str]]:
+        """(directory, where it comes from) searched in order: ``root`` alone when set."""
+        if self.params.root is not None:
+            return [(Path(self.params.root).expanduser().absolute(), "root")]
+        roots = [(data_dir() / self.dir_name, "byzbench data directory")]
+        roots += [(Path(d), f"system package {self.apt_package}") for d in self.system_dirs]
+        return roots
 
     @property
     def root(self) -> Path:
-        return Path(self.params.root).expanduser().absolute()
+        """Where a download goes: ``root``, or ``data_dir()/<name>`` when unset."""
+        return self.search_roots()[0][0]
 
     def _cache_key(self) -> Hashable:
-        return str(self.root.resolve())
+        # the directory the files are read from (files placed later in an earlier directory
+        # of the search are then read, not a stale copy); the search itself while absent
+        found = self.find()
+        dirs = [found[0]] if found is not None else self._candidate_dirs()
+        return tuple(str(d.resolve()) for d in dirs)
+
+    def _layout_dirs(self, root: Path) -> list[Path]:
+        """Directories under one root that may hold the files, in order of preference."""
+        raise NotImplementedError
 
     def _candidate_dirs(self) -> list[Path]:
         """Directories searched for the files, in order of preference."""
-        raise NotImplementedError
+        return [d for root, _ in self.search_roots() for d in self._layout_dirs(root)]
 
     def _find(self, name: str, directory: Path) -> Path | None:
         path = directory / name
@@ -355,6 +406,14 @@ class _FileSource(_CachedSource):
 
     def check(self) -> None:
         self._locate()
+
+    def find(self) -> tuple[Path, str] | None:
+        """(directory holding every file, where it comes from), searching only: no download."""
+        for root, origin in self.search_roots():
+            for directory in self._layout_dirs(root):
+                if all(self._find(f, directory) is not None for f in self.files):
+                    return directory, origin
+        return None
 
     def _locate(self) -> dict[str, Path]:
         """Paths of all :attr:`files`, from the first directory holding all of them."""
@@ -371,6 +430,16 @@ class _FileSource(_CachedSource):
         if reason is None:
             return self._locate_after_download(best)
         raise self._not_found(best[0], best[1], reason)
+
+    def not_found(self, reason: str) -> DatasetNotFoundError:
+        """The error for files absent (without trying a download), naming ``reason``."""
+        best: tuple[Path, list[str]] | None = None
+        for directory in self._candidate_dirs():
+            missing = [f for f in self.files if self._find(f, directory) is None]
+            if best is None or len(missing) < len(best[1]):
+                best = (directory, missing)
+        assert best is not None
+        return self._not_found(best[0], best[1], reason)
 
     def _locate_after_download(self, best: tuple[Path, list[str]]) -> dict[str, Path]:
         for directory in self._candidate_dirs():
@@ -398,15 +467,30 @@ class _FileSource(_CachedSource):
             return f"the torchvision download failed ({type(exc).__name__}: {exc})"
         return None
 
+    def how_to_get(self) -> str:
+        """The ways to get the files, as one sentence (no trailing period)."""
+        ways = []
+        fetch = f"byzbench data fetch {self.name}"
+        if self.params.root is not None:
+            fetch += f" --root {self.params.root}"
+        if self.apt_package and self.params.root is None:
+            install = f"apt-get install {self.apt_package}"
+            ways.append(f"sudo {install} (or: {fetch} --apt), which "
+                        f"puts them in {', '.join(self.system_dirs)}" if apt_available()
+                        else f"on Debian/Ubuntu, sudo {install}")
+        ways.append(f"pip install 'byzbench[vision]', then {fetch} (torchvision downloads "
+                    f"them into {self.root})")
+        ways.append(f"place the files there yourself (from {self.source_url}), or set the "
+                    f"dataset's 'root' to where they are")
+        return "To get them: " + "; or ".join(ways)
+
     def _not_found(self, directory: Path, missing: Sequence[str], reason: str
                    ) -> DatasetNotFoundError:
         others = [str(d) for d in self._candidate_dirs() if d != directory]
         also = f" (also looked in {', '.join(others)})" if others else ""
         message = (
             f"dataset '{self.name}': missing file(s) {', '.join(missing)}{self.files_note} in "
-            f"directory {directory}{also}; {reason}. To get them: pip install 'byzbench[vision]' so "
-            f"byzbench downloads them with torchvision, or place the files there yourself "
-            f"(from {self.source_url}), or set the dataset's 'root' to where they are.")
+            f"directory {directory}{also}; {reason}. {self.how_to_get()}.")
         return DatasetNotFoundError(message, self.name, directory, missing)
 
     def _subset(self, labels: np.ndarray, limit: int | None, split: str) -> np.ndarray | None:
@@ -503,14 +587,19 @@ def _read_idx_expecting(path: Path, ndim: int, what: str) -> np.ndarray:
 
 
 class MnistParams(FileDatasetParams):
-    root: str = Field("data/mnist", description="directory with the IDX files (also searched: "
-                                                "root/MNIST/raw, torchvision's layout)")
+    root: str | None = Field(None, description="directory with the IDX files (also searched: "
+                                               "root/MNIST/raw, torchvision's layout); none: "
+                                               "data/mnist ($BYZBENCH_DATA/mnist when set)")
 
 
 class FashionMnistParams(FileDatasetParams):
-    root: str = Field("data/fashion_mnist",
-                      description="directory with the IDX files (also searched: "
-                                  "root/FashionMNIST/raw, torchvision's layout)")
+    root: str | None = Field(None,
+                             description="directory with the IDX files (also searched: "
+                                         "root/FashionMNIST/raw, torchvision's layout); none: "
+                                         "the first holding them of data/fashion_mnist "
+                                         "($BYZBENCH_DATA/fashion_mnist when set) and "
+                                         "/usr/share/datasets/fashion-mnist (Debian/Ubuntu "
+                                         "package dataset-fashion-mnist)")
 
 
 class _IdxSource(_FileSource):
@@ -518,8 +607,8 @@ class _IdxSource(_FileSource):
                                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     files_note: ClassVar[str] = " (each may also be gzipped, name + '.gz')"
 
-    def _candidate_dirs(self) -> list[Path]:
-        return [self.root, self.root / self.torchvision_class / "raw"]
+    def _layout_dirs(self, root: Path) -> list[Path]:
+        return [root, root / self.torchvision_class / "raw"]
 
     def _find(self, name: str, directory: Path) -> Path | None:
         for candidate in (directory / name, directory / f"{name}.gz"):
@@ -553,6 +642,7 @@ class MNIST(_IdxSource):
                             "to Document Recognition, Proc. IEEE 1998")
     source_url: ClassVar[str] = "https://yann.lecun.com/exdb/mnist/"
     torchvision_class: ClassVar[str] = "MNIST"
+    dir_name: ClassVar[str] = "mnist"
 
 
 @DATASETS.register("fashion_mnist")
@@ -565,6 +655,9 @@ class FashionMNIST(_IdxSource):
                             "Benchmarking Machine Learning Algorithms, arXiv:1708.07747, 2017")
     source_url: ClassVar[str] = "https://github.com/zalandoresearch/fashion-mnist"
     torchvision_class: ClassVar[str] = "FashionMNIST"
+    dir_name: ClassVar[str] = "fashion_mnist"
+    system_dirs: ClassVar[tuple[str, ...]] = ("/usr/share/datasets/fashion-mnist",)
+    apt_package: ClassVar[str] = "dataset-fashion-mnist"
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -637,9 +730,11 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Cifar10Params(FileDatasetParams):
-    root: str = Field("data/cifar10",
-                      description="directory holding cifar-10-batches-py/ (or the batch files "
-                                  "themselves, or cifar-10-python.tar.gz, extracted on first use)")
+    root: str | None = Field(None,
+                             description="directory holding cifar-10-batches-py/ (or the batch "
+                                         "files themselves, or cifar-10-python.tar.gz, extracted "
+                                         "on first use); none: data/cifar10 "
+                                         "($BYZBENCH_DATA/cifar10 when set)")
 
 
 @DATASETS.register("cifar10")
@@ -652,12 +747,13 @@ class CIFAR10(_FileSource):
                             "Images, tech. report, University of Toronto, 2009")
     source_url: ClassVar[str] = "https://www.cs.toronto.edu/~kriz/cifar.html"
     torchvision_class: ClassVar[str] = "CIFAR10"
+    dir_name: ClassVar[str] = "cifar10"
     files: ClassVar[tuple[str, ...]] = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
     batch_dir: ClassVar[str] = "cifar-10-batches-py"
     archive: ClassVar[str] = "cifar-10-python.tar.gz"
 
-    def _candidate_dirs(self) -> list[Path]:
-        return [self.root / self.batch_dir, self.root]
+    def _layout_dirs(self, root: Path) -> list[Path]:
+        return [root / self.batch_dir, root]
 
     def _download(self) -> str | None:
         archive = self.root / self.archive

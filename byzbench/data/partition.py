@@ -1,4 +1,4 @@
-"""Registered partitions of the training set among clients: iid, dirichlet, shards.
+"""Registered partitions of the training set among clients: iid, dirichlet, shards, bias.
 
 Every partition returns one sorted int64 index array per client; each training sample goes
 to exactly one client and every client gets at least one sample. Asking for more clients
@@ -16,7 +16,8 @@ from pydantic import Field
 from byzbench.data.base import Partition
 from byzbench.registry import PARTITIONS, Params
 
-__all__ = ["Dirichlet", "DirichletParams", "IID", "Shards", "ShardsParams"]
+__all__ = ["Bias", "BiasParams", "Dirichlet", "DirichletParams", "IID", "Shards", "ShardsParams",
+           "fill_empty_clients"]
 
 
 def _check(labels: np.ndarray, num_clients: int) -> np.ndarray:
@@ -38,6 +39,28 @@ def _groups(owner: np.ndarray, num_clients: int) -> list[np.ndarray]:
     order = np.argsort(owner, kind="stable").astype(np.int64)
     counts = np.bincount(owner, minlength=num_clients)
     return np.split(order, np.cumsum(counts)[:-1])
+
+
+def fill_empty_clients(owner: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Give every empty client one sample from the others' surplus.
+
+    Each client left empty receives one sample drawn uniformly without replacement from the
+    samples of the other clients, never a client's last one (each keeps a random "anchor"
+    sample), so donors are chosen in proportion to their size. The total count is
+    unchanged; ``owner.size >= k`` guarantees enough donors. Draws nothing when no client
+    is empty.
+    """
+    empty = np.flatnonzero(np.bincount(owner, minlength=k) == 0)
+    if empty.size == 0:
+        return owner
+    perm = rng.permutation(owner.shape[0])
+    _, anchor_pos = np.unique(owner[perm], return_index=True)  # one kept sample each
+    surplus = np.ones(perm.shape[0], dtype=bool)
+    surplus[anchor_pos] = False
+    donated = rng.choice(perm[surplus], size=empty.size, replace=False)
+    owner = owner.copy()
+    owner[donated] = rng.permutation(empty)
+    return owner
 
 
 @PARTITIONS.register("iid")
@@ -95,23 +118,7 @@ class Dirichlet(Partition):
             bounds = np.round(np.cumsum(p) * members.shape[0]).astype(np.int64)
             bounds[-1] = members.shape[0]
             owner[members] = np.repeat(clients, np.diff(bounds, prepend=0))
-        return _groups(self._repair(owner, k, rng), k)
-
-    @staticmethod
-    def _repair(owner: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-        """Give every empty client one sample from the others' surplus (see class doc)."""
-        empty = np.flatnonzero(np.bincount(owner, minlength=k) == 0)
-        if empty.size == 0:
-            return owner
-        perm = rng.permutation(owner.shape[0])
-        _, anchor_pos = np.unique(owner[perm], return_index=True)  # one kept sample each
-        surplus = np.ones(perm.shape[0], dtype=bool)
-        surplus[anchor_pos] = False
-        donated = rng.choice(perm[surplus], size=empty.size, replace=False)
-        owner = owner.copy()
-        owner[donated] = rng.permutation(empty)
-        return owner
-
+        return _groups(fill_empty_clients(owner, k, rng), k)
 
 class ShardsParams(Params):
     shards_per_client: int = Field(2, ge=1, le=10_000,
@@ -146,3 +153,51 @@ class Shards(Partition):
         owner = np.empty(n, dtype=np.int64)
         owner[order] = shard_owner[shard_of_rank]
         return _groups(owner, num_clients)
+
+
+class BiasParams(Params):
+    bias: float = Field(0.5, ge=0.0, le=1.0,
+                        description="h: probability that a sample of label l goes to group l "
+                                    "(any other group: (1-h)/(C-1) each); 1/C is iid, 1 gives "
+                                    "every client a single label")
+
+
+@PARTITIONS.register("bias")
+class Bias(Partition):
+    """Fang et al.'s non-IID split (USENIX Security 2020; also FLTrust, NDSS 2021): the
+    clients form C groups, C the number of distinct labels; a sample of label l goes to
+    group l with probability h (`bias`) and to each other group with probability
+    (1−h)/(C−1), then to a client of its group drawn uniformly.
+
+    Groups are contiguous blocks of near-equal size: client j is in group ⌊j·C/k⌋ of k
+    clients (sizes ⌊k/C⌋ or ⌈k/C⌉, Fang's layout when C divides k). With fewer clients than
+    labels, group g is the single client ⌊g·k/C⌋, which then serves several groups. A
+    client left empty by the draw (few samples) gets one sample as in `dirichlet`'s
+    repair; with C = 1 the split is uniform at random.
+    """
+
+    Params: ClassVar[type[BiasParams]] = BiasParams
+    paper: ClassVar[str] = ("Fang, Cao, Jia & Gong, Local Model Poisoning Attacks to "
+                            "Byzantine-Robust Federated Learning, USENIX Security 2020")
+
+    def split(self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
+              ) -> list[np.ndarray]:
+        labels = _check(labels, num_clients)
+        n, k, h = labels.shape[0], num_clients, self.params.bias
+        _, label = np.unique(labels, return_inverse=True)  # labels as 0..C-1
+        label = label.reshape(-1).astype(np.int64)
+        c = int(label.max(initial=0)) + 1
+        if c > 1:
+            other = rng.integers(0, c - 1, size=n)          # uniform over the C-1 others
+            other += other >= label
+            group = np.where(rng.random(n) < h, label, other)
+        else:
+            group = np.zeros(n, dtype=np.int64)
+        if k >= c:  # group g = clients [first[g], first[g] + size[g])
+            size = np.bincount(np.arange(k) * c // k, minlength=c)
+            first = np.cumsum(size) - size
+            owner = first[group] + rng.integers(0, size[group])
+        else:
+            owner = np.arange(c, dtype=np.int64) * k // c
+            owner = owner[group]
+        return _groups(fill_empty_clients(owner.astype(np.int64), k, rng), k)
