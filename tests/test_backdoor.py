@@ -340,3 +340,22 @@ def test_every_backdoor_shares_the_trigger_base():
     for name in ("backdoor", "dba", "blended", "neurotoxin", "pgd"):
         assert issubclass(ATTACKS.get(name), TriggerAttack)
         assert issubclass(ATTACKS.get(name), Attack)
+
+
+def test_conformance_catches_an_attack_that_ignores_end_round():
+    from byzbench.testing import ConformanceError, check_attack
+
+    class Stubborn(Attack):
+        """Sign flip that overrides active() and forgets the end of its window."""
+
+        paper = "none (a test fixture)"
+
+        def active(self, round_: int) -> bool:
+            p = self.params
+            return round_ >= p.start_round and (round_ - p.start_round) % p.every == 0
+
+        def poison_updates(self, updates, ctx):
+            return -updates
+
+    with pytest.raises(ConformanceError, match="end_round 5"):
+        check_attack(Stubborn)
