@@ -11,7 +11,8 @@ Check (the Neurotoxin paper's claim, Zhang et al. ICML 2022): Neurotoxin's backd
 more slowly than the plain backdoor's — per defense, its retention ASR(+10) / ASR(end),
 mean over seeds, is at least the backdoor's. Printed PASS/FAIL; exit 1 on a FAIL.
 
-    python benchmarks/bench_backdoor.py [--seeds 0 1 2] [--rounds 40] [--end 19]
+    python benchmarks/bench_backdoor.py [--seeds 0 1 2] [--rounds 40] [--end 19] [--explore]
+                                        [--defenses fedavg norm_clip]
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ from byzbench.engine.simulation import run_cell
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ["backdoor", "dba", "neurotoxin", "pgd"]
 DEFENSES = ["fedavg", "norm_clip"]
+# --explore: informational Neurotoxin variants (no check), to see where its default sits
+EXPLORE: list[dict] = [
+    {"name": "neurotoxin", "top_k_percent": 10.0, "label": "nt(k=10%)"},
+    {"name": "neurotoxin", "top_k_percent": 50.0, "label": "nt(k=50%)"},
+    {"name": "neurotoxin", "estimate": "reference", "label": "nt(ref)"},
+]
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -44,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--end", type=int, default=19, help="the attacks' end_round")
+    ap.add_argument("--explore", action="store_true",
+                    help="also run informational Neurotoxin variants (top_k_percent 10 and "
+                         "50, estimate: reference)")
+    ap.add_argument("--defenses", nargs="+", default=DEFENSES)
     args = ap.parse_args(argv)
 
     base = dict(load_yaml(ROOT / "configs" / "quick.yaml")["base"])
@@ -51,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                  "partition": {"name": "dirichlet", "alpha": 0.5}})
     grid = grid_from_dict({
         "name": "bench-backdoor", "base": base,
-        "grid": {"attack": [{"name": a, "end_round": args.end, "label": a} for a in ATTACKS],
-                 "defense": DEFENSES, "malicious_fraction": [0.2],
+        "grid": {"attack": [{"name": a, "end_round": args.end, "label": a} for a in ATTACKS]
+                 + ([{**e, "end_round": args.end} for e in EXPLORE] if args.explore else []),
+                 "defense": args.defenses, "malicious_fraction": [0.2],
                  "seed": list(args.seeds)},
     })
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{(f'{ret:.2f}' if ret is not None else '-'):>9} {rec:>7}   {per_seed}")
 
     checks: list[tuple[str, bool]] = []
-    for defense in DEFENSES:
+    for defense in args.defenses:
         nt, bd = retention.get((defense, "neurotoxin")), retention.get((defense, "backdoor"))
         if nt is None or bd is None:
             continue
