@@ -94,3 +94,58 @@ def summarize_rounds(rounds: list[Mapping[str, Any]]) -> dict[str, Any]:
         "diverged_round": finite.index(False) if not all(finite) else None,
         "n": _median(r.get("n") for r in rounds),
     }
+
+
+# -- backdoor durability ---------------------------------------------------------------------
+
+DURABILITY_LAGS = (10, 20)   # "ASR k rounds later"
+RECOVERED_ASR = 0.2          # "rounds until ASR < 20%"
+DURABILITY_KEYS = ("last_active_round", "asr_end", "asr_after_10", "asr_after_20",
+                   "asr_recovery_rounds", "asr_horizon")
+
+
+def last_active_round(start_round: int, every: int, end_round: int | None, rounds: int
+                      ) -> int | None:
+    """The last round r < ``rounds`` with start_round ≤ r ≤ end_round (end_round None: no
+    bound) and (r − start_round) divisible by ``every``; None if the attack never acts."""
+    last = rounds - 1 if end_round is None else min(end_round, rounds - 1)
+    if last < start_round:
+        return None
+    return start_round + (last - start_round) // every * every
+
+
+def durability(rounds: Iterable[Mapping[str, Any]], last_active: int | None
+               ) -> dict[str, Any]:
+    """How long a backdoor survives its attacker, from a cell's round rows (``round``,
+    ``asr`` at evaluation rounds) and the attack's last active round L.
+
+    An evaluation at round r measures the model after round r's update, so:
+
+    - ``asr_end``: the ASR at the first evaluation round ≥ L (the end of the attack);
+    - ``asr_after_10`` / ``asr_after_20``: the ASR at the first evaluation round ≥ L + 10
+      (L + 20); None when the run has no evaluation that late;
+    - ``asr_recovery_rounds``: e − L for the first evaluation round e ≥ L whose ASR is below
+      :data:`RECOVERED_ASR` (0 when it already is at the end of the attack); None when the
+      ASR never drops below it within the run;
+    - ``asr_horizon``: the last evaluation round − L, how long the run watched after the
+      attack (so a None recovery reads "not within asr_horizon rounds").
+
+    Every value is None when L is None (the attack never acted) or no evaluation with an
+    ASR lies at or after L.
+    """
+    out: dict[str, Any] = dict.fromkeys(DURABILITY_KEYS)
+    out["last_active_round"] = last_active
+    if last_active is None:
+        return out
+    evals = sorted((int(r["round"]), float(r["asr"])) for r in rounds
+                   if r.get("asr") is not None and int(r["round"]) >= last_active)
+    if not evals:
+        return out
+    out["asr_end"] = evals[0][1]
+    for lag in DURABILITY_LAGS:
+        later = [asr for round_, asr in evals if round_ >= last_active + lag]
+        out[f"asr_after_{lag}"] = later[0] if later else None
+    below = [round_ for round_, asr in evals if asr < RECOVERED_ASR]
+    out["asr_recovery_rounds"] = below[0] - last_active if below else None
+    out["asr_horizon"] = evals[-1][0] - last_active
+    return out

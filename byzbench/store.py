@@ -34,6 +34,9 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "agg_ms": "REAL", "sign_ms": "REAL", "verify_ms": "REAL",
     "diverged": "INTEGER", "diverged_round": "INTEGER",
     "n": "INTEGER", "d": "INTEGER", "f": "INTEGER", "clients": "INTEGER",
+    # backdoor durability (byzbench.metrics.durability); NULL where no backdoor ran
+    "last_active_round": "INTEGER", "asr_end": "REAL", "asr_after_10": "REAL",
+    "asr_after_20": "REAL", "asr_recovery_rounds": "INTEGER", "asr_horizon": "INTEGER",
 }
 ROUND_COLUMNS: dict[str, str] = {
     "n": "INTEGER", "malicious": "INTEGER", "accuracy": "REAL", "loss": "REAL", "asr": "REAL",

@@ -23,8 +23,10 @@ when it holds root data):
 
 :func:`check_attack` checks metadata the same way, then runs the attack's hook for its stage
 on a small round: shapes and dtypes of what it returns, inputs left untouched, the same
-output for the same seed, and (update attacks) that it runs with and without the defense
-oracle.
+output for the same seed, (update attacks) that it runs with and without the defense
+oracle, (data attacks) that the engine's per-client hook ``poison_client_data`` keeps the
+same contract, and that ``active`` honours the attack window (``start_round``, ``every``,
+``end_round``).
 """
 
 from __future__ import annotations
@@ -345,6 +347,18 @@ def check_attack(cls: type[Attack], params: Mapping[str, Any] | None = None, *,
                                             "one label each")
         if not (torch.equal(px, qx) and torch.equal(py, qy)):
             raise _fail(who, "poison_data", "differs between two runs with the same seed")
+        owner = torch.arange(12) % 3
+        runs = [build().poison_client_data(x, y, owner, torch.Generator().manual_seed(seed))
+                for _ in range(2)]
+        if not (torch.equal(x, x0) and torch.equal(y, y0)):
+            raise _fail(who, "poison_client_data", "changed its inputs in place")
+        (px, py), (qx, qy) = runs
+        if px.shape[1:] != x.shape[1:] or px.shape[0] != py.shape[0]:
+            raise _fail(who, "poison_client_data", "must return samples shaped like the "
+                                                   "input, one label each")
+        if not (torch.equal(px, qx) and torch.equal(py, qy)):
+            raise _fail(who, "poison_client_data", "differs between two runs with the same "
+                                                   "seed")
     else:
         keys = ClientKeyring(range(n))
         messages, _ = keys.sign_round(list(range(n)), 0, b"conformance", updates)
@@ -357,6 +371,16 @@ def check_attack(cls: type[Attack], params: Mapping[str, Any] | None = None, *,
             raise _fail(who, "intercept", f"must deliver {n} rows and {n} messages")
         if tuple(out.touched.shape) != (n,) or out.touched.dtype != torch.bool:
             raise _fail(who, "intercept", f"'touched' must be an [{n}] bool tensor")
+    window = {**params, "start_round": 1, "every": 2, "end_round": 5}
+    try:
+        windowed = cls(cls.Params(**window))
+    except ValidationError:
+        windowed = None  # Params without the shared window fields: nothing to check
+    if windowed is not None:
+        got = [r for r in range(10) if windowed.active(r)]
+        if got != [1, 3, 5]:
+            raise _fail(who, "active", f"with start_round 1, every 2, end_round 5 it acts "
+                                       f"in rounds {got}, not [1, 3, 5]")
     x = torch.rand(12, 1, 8, 8, generator=g)
     y = torch.randint(0, 10, (12,), generator=g)
     triggered = build().triggered_testset(x, y)

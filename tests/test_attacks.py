@@ -476,7 +476,9 @@ def test_shejwalkar_constraint_holds_at_any_scale(k, d, seed, scale, kind, name)
 
 def _all_update_and_transport_attacks():
     for name, cls in ATTACKS.items():
-        if cls.stage in ("update", "transport") or name == "backdoor":
+        # data attacks that also shape their update (backdoor's boost, neurotoxin, pgd)
+        if cls.stage in ("update", "transport") or cls.poison_updates is not \
+                ATTACKS.base.poison_updates:
             yield name
 
 

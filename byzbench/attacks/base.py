@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializationInfo, model_serializer, model_validator
 
 from byzbench.crypto import SignedMessage
+from byzbench.metrics import last_active_round
 from byzbench.registry import ATTACKS, Component, Params
 
 Stage = Literal["data", "update", "transport"]
@@ -35,6 +36,27 @@ class AttackParams(Params):
 
     start_round: int = Field(0, ge=0, description="first round (0-based) the attack acts in")
     every: int = Field(1, ge=1, description="act every k-th round from start_round (intermittent)")
+    end_round: int | None = Field(
+        None, ge=0, description="last round (0-based) the attack may act in; none: to the end "
+                                "of the run; start_round = end_round is a single shot")
+
+    @model_validator(mode="after")
+    def _window(self) -> AttackParams:
+        if self.end_round is not None and self.end_round < self.start_round:
+            raise ValueError(f"end_round ({self.end_round}) is before start_round "
+                             f"({self.start_round}); the attack acts in rounds "
+                             "start_round..end_round")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Callable[[Any], dict[str, Any]], info: SerializationInfo
+              ) -> dict[str, Any]:
+        # end_round: none (the default) is left out of the dump, so the cell ids of grids
+        # written before the attack window existed stay the same
+        data = handler(self)
+        if data.get("end_round", 0) is None:
+            data.pop("end_round")
+        return data
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,9 @@ class AttackContext:
     defense_name: str
     nonce: bytes | None = None  # the server's challenge for this round, when signing is on
     oracle: Callable[[torch.Tensor], Any] | None = None
+    # the global parameters θ broadcast this round (every client receives them); None
+    # outside the engine
+    global_params: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -116,9 +141,19 @@ class Attack(Component):
         self.cell = setup
 
     def active(self, round_: int) -> bool:
-        """Whether the attack acts in ``round_`` (``start_round`` and ``every``)."""
+        """Whether the attack acts in ``round_`` (``start_round``, ``every``, ``end_round``),
+        whatever its stage: the engine trains on poisoned data, rewrites updates and alters
+        messages only in active rounds, and marks clients malicious only there."""
         p = self.params
-        return round_ >= p.start_round and (round_ - p.start_round) % p.every == 0
+        end = getattr(p, "end_round", None)
+        return (round_ >= p.start_round and (end is None or round_ <= end)
+                and (round_ - p.start_round) % p.every == 0)
+
+    def last_active_round(self, rounds: int) -> int | None:
+        """The last round of a ``rounds``-round run the attack acts in (None: never), as
+        :func:`byzbench.metrics.last_active_round` defines it."""
+        p = self.params
+        return last_active_round(p.start_round, p.every, getattr(p, "end_round", None), rounds)
 
     @property
     def knowledge(self) -> Knowledge:
@@ -145,6 +180,15 @@ class Attack(Component):
         Returns poisoned copies; must not modify the inputs in place.
         """
         return x, y
+
+    def poison_client_data(self, x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor,
+                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data stage, what the engine calls: as :meth:`poison_data`, with ``owner`` [m]
+        (long) the index of the malicious client each sample belongs to — 0 for the
+        malicious client with the lowest id, 1 for the next, … An attack whose clients
+        poison differently (a distributed backdoor) overrides this; the default ignores
+        ``owner``."""
+        return self.poison_data(x, y, generator)
 
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         """Update stage: returns an ``[n, d]`` matrix; only rows in ``ctx.malicious`` count."""

@@ -1,17 +1,21 @@
 """Data-poisoning attacks: the malicious clients train honestly on poisoned samples.
 
-The engine calls :meth:`poison_data` once with the malicious clients' training samples and
-trains them on the poisoned copy in the rounds where the attack is active.
+The engine calls :meth:`~byzbench.attacks.base.Attack.poison_client_data` (by default
+:meth:`poison_data`) once with the malicious clients' training samples and trains them on
+the poisoned copy in the rounds where the attack is active (``start_round`` … ``end_round``);
+in the other rounds they train on their clean samples. The backdoors with other triggers or
+update constraints (dba, blended, neurotoxin, pgd) are in :mod:`byzbench.attacks.backdoors`.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from pydantic import Field, model_validator
 
-from byzbench.attacks._common import choose, malicious_mask
+from byzbench.attacks._common import malicious_mask
+from byzbench.attacks._trigger import PatchAttack, PatchParams
 from byzbench.attacks.base import Attack, AttackContext, AttackParams, AttackSetup, Stage
 from byzbench.registry import ATTACKS
 
@@ -64,30 +68,23 @@ class LabelFlip(Attack):
         return x, torch.where(y == p.source, torch.full_like(y, p.target), y)
 
 
-Corner = Literal["bottom_right", "bottom_left", "top_right", "top_left"]
-
-
-class BackdoorParams(AttackParams):
-    target: int = Field(0, ge=0, description="label the triggered samples are relabelled to")
-    size: int = Field(2, ge=1, le=64, description="side of the square trigger patch, pixels")
-    position: Corner | tuple[int, int] = Field(
-        "bottom_right",
-        description="corner of the image the patch sits in, or (row, col) of its top-left pixel")
-    value: float | None = Field(
-        None, description="pixel value of the patch (every channel); default: the maximum "
-                          "value of the malicious clients' training data (the brightest pixel)")
-    poison_fraction: float = Field(
-        0.5, gt=0.0, le=1.0,
-        description="fraction of the malicious clients' samples that get the trigger and "
-                    "the target label")
+class BackdoorParams(PatchParams):
     boost: float = Field(
         1.0, gt=0.0, le=1e6,
         description="model replacement (Bagdasaryan et al.): the malicious update is "
                     "multiplied by this factor; 1 = no boost")
 
 
+def boost_rows(updates: torch.Tensor, ctx: AttackContext, factor: float) -> torch.Tensor:
+    """The malicious rows of ``updates`` multiplied by ``factor`` (model replacement)."""
+    if factor == 1.0:
+        return updates
+    mal = malicious_mask(ctx, updates.device)
+    return torch.where(mal.unsqueeze(1), updates * factor, updates)
+
+
 @ATTACKS.register("backdoor")
-class Backdoor(Attack):
+class Backdoor(PatchAttack):
     """BadNets backdoor (Gu et al. 2017) with optional model replacement (Bagdasaryan et
     al., AISTATS 2020): a square pixel patch is stamped on ``poison_fraction`` of the
     malicious clients' samples, which are relabelled ``target``; their update is × ``boost``.
@@ -95,85 +92,11 @@ class Backdoor(Attack):
     Images are ``[C, H, W]`` or ``[H, W]``; flat inputs ``[D]`` are treated as a square
     ``√D × √D`` image (the 8×8 digits flattened for logreg/MLP)."""
 
-    stage: ClassVar[Stage] = "data"
     paper: ClassVar[str] = ("Gu, Dolan-Gavitt, Garg. BadNets: Identifying Vulnerabilities in "
                             "the Machine Learning Model Supply Chain. arXiv 2017; Bagdasaryan, "
                             "Veit, Hua, Estrin, Shmatikov. How To Backdoor Federated Learning. "
                             "AISTATS 2020")
     Params: ClassVar[type[BackdoorParams]] = BackdoorParams
 
-    def __init__(self, params: BackdoorParams | None = None) -> None:
-        super().__init__(params)
-        self._value: float | None = self.params.value
-
-    def setup(self, setup: AttackSetup) -> None:
-        super().setup(setup)
-        if self.params.target >= setup.num_classes:
-            raise ValueError(f"backdoor: target={self.params.target} is not a class of this "
-                             f"dataset (classes 0..{setup.num_classes - 1})")
-        self.trigger_mask(setup.input_shape)  # fail early if the patch does not fit
-
-    def trigger_mask(self, input_shape: tuple[int, ...]) -> torch.Tensor:
-        """Bool mask of ``input_shape`` marking the patch pixels (all channels)."""
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) == 3:
-            h, w = shape[1], shape[2]
-        elif len(shape) == 2:
-            h, w = shape
-        elif len(shape) == 1:
-            side = int(round(shape[0] ** 0.5))
-            if side * side != shape[0]:
-                raise ValueError(f"backdoor: flat input of size {shape[0]} is not a square "
-                                 "image; the patch needs an image layout")
-            h = w = side
-        else:
-            raise ValueError(f"backdoor: cannot place a patch on inputs of shape {shape}")
-        s, pos = self.params.size, self.params.position
-        if s > h or s > w:
-            raise ValueError(f"backdoor: patch size {s} exceeds the {h}x{w} image")
-        if isinstance(pos, str):
-            r = 0 if pos.startswith("top") else h - s
-            c = 0 if pos.endswith("left") else w - s
-        else:
-            r, c = int(pos[0]), int(pos[1])
-            if not (0 <= r <= h - s and 0 <= c <= w - s):
-                raise ValueError(f"backdoor: a {s}x{s} patch at {pos} does not fit "
-                                 f"the {h}x{w} image")
-        plane = torch.zeros(h, w, dtype=torch.bool)
-        plane[r:r + s, c:c + s] = True
-        if len(shape) == 3:
-            return plane.expand(shape[0], h, w).clone()
-        return plane.reshape(shape)
-
-    def _patch_value(self, x: torch.Tensor) -> float:
-        if self._value is None:
-            self._value = float(x.max())  # fixed from the first data seen, reused at test time
-        return self._value
-
-    def stamp(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """A copy of ``x`` with the trigger on the samples in ``rows`` (all if ``None``)."""
-        mask = self.trigger_mask(tuple(x.shape[1:])).to(x.device).unsqueeze(0)
-        if rows is not None:
-            mask = mask & rows.to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
-        value = torch.tensor(self._patch_value(x), dtype=x.dtype, device=x.device)
-        return torch.where(mask, value, x)
-
-    def poison_data(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        m = int(y.shape[0])
-        k = min(m, int(round(self.params.poison_fraction * m)))
-        rows = choose(m, k, generator, y.device)
-        y_new = torch.where(rows, torch.full_like(y, self.params.target), y)
-        return self.stamp(x, rows), y_new
-
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
-        if self.params.boost == 1.0:
-            return updates
-        mal = malicious_mask(ctx, updates.device)
-        return torch.where(mal.unsqueeze(1), updates * self.params.boost, updates)
-
-    def triggered_testset(self, x: torch.Tensor, y: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = y != self.params.target
-        x_keep = x[keep]
-        return self.stamp(x_keep), torch.full_like(y[keep], self.params.target)
+        return boost_rows(updates, ctx, self.params.boost)

@@ -47,7 +47,7 @@ from byzbench.engine.training import (
     train_chunked,
     train_vectorized,
 )
-from byzbench.metrics import detection_counts, summarize_rounds
+from byzbench.metrics import detection_counts, durability, summarize_rounds
 from byzbench.models import BatchedModel
 from byzbench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONS
 from byzbench.seeding import numpy_rng, torch_generator
@@ -166,12 +166,16 @@ class Simulation:
         mask = np.arange(counts.max())[None, :] < counts[:, None]
         index[mask] = np.concatenate(parts)
         poisoned_index = None
-        mal_rows = np.concatenate([parts[i] for i in np.flatnonzero(self.malicious)] or
+        mal_clients = np.flatnonzero(self.malicious)
+        mal_rows = np.concatenate([parts[i] for i in mal_clients] or
                                   [np.zeros(0, dtype=np.int64)])
         if len(mal_rows) and self.attack.stage == "data" and not self.attack.benign:
             rows_t = torch.from_numpy(mal_rows)
-            px, py = self.attack.poison_data(x[rows_t], y[rows_t],
-                                             torch_generator(self.seed, "poison"))
+            # which malicious client (0 = lowest id) each poisoned sample belongs to
+            owner = torch.from_numpy(np.repeat(np.arange(len(mal_clients)),
+                                               [len(parts[i]) for i in mal_clients]))
+            px, py = self.attack.poison_client_data(x[rows_t], y[rows_t], owner,
+                                                    torch_generator(self.seed, "poison"))
             remap = np.arange(len(y) + len(mal_rows))
             remap[mal_rows] = len(y) + np.arange(len(mal_rows))
             poisoned = index.copy()
@@ -251,7 +255,8 @@ class Simulation:
         ctx = AttackContext(round=r, client_ids=ids, malicious=malicious, reference=reference,
                             generator=torch_generator(self.seed, "attack", r),
                             defense_name=c.defense.name, nonce=nonce,
-                            oracle=self._oracle(clients, rctx) if self.attack.aware else None)
+                            oracle=self._oracle(clients, rctx) if self.attack.aware else None,
+                            global_params=self.theta)
         if attack_on and any_malicious and self.attack.stage != "transport":
             poisoned = self.attack.poison_updates(updates.clone(), ctx)
             updates = torch.where(malicious.unsqueeze(1), poisoned.to(updates.dtype), updates)
@@ -408,6 +413,8 @@ def run_cell(config: CellConfig, device: torch.device | None = None) -> CellResu
                           wall_s=time.perf_counter() - start)
     rounds = sim.run()
     summary = summarize_rounds(rounds)
+    if sim.triggered is not None and not sim.attack.benign:
+        summary.update(durability(rounds, sim.attack.last_active_round(config.rounds)))
     summary.update({"d": sim.model.dim, "f": config.num_malicious,
                     "clients": config.clients, "device": sim.device.type,
                     "threads": torch.get_num_threads()})

@@ -27,6 +27,7 @@ from byzbench.report.tables import (
     comparative_frame,
     comparative_table,
     detection_table,
+    durability_table,
     skipped_table,
 )
 
@@ -85,7 +86,7 @@ def build_report(results_dir: str | Path, fractions: Sequence[str] | None = None
     if claims is not None:
         tables.append(reference_table(claims[0], claims[1], comparative, reference))
     tables += [accuracy_table(data), detection_table(data), backdoor_table(data),
-               skipped_table(data)]
+               durability_table(data), skipped_table(data)]
     return Report(data=data, tables=tables, comparative=comparative, accuracy=accuracy,
                   curves=curves_frame(data, chosen), curves_why=why, header=_header(data))
 

@@ -5,7 +5,8 @@
    cost, privacy facts;
 2. accuracy — attack × defense, one section per malicious fraction;
 3. detection — detection rate / FPR, attack × defense (fractions pooled);
-4. backdoor ASR — defense × malicious fraction;
+4. backdoor ASR — defense × malicious fraction; backdoor durability — the ASR at the end of
+   the attack window and 10 / 20 rounds later, rounds until it falls below 20%;
 5. skipped and failed cells with their reasons.
 
 Rates are shown in percent with one decimal, "mean ± std" over seeds; "n/a" where the
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from byzbench.metrics import DURABILITY_KEYS, durability, last_active_round
 from byzbench.report.data import (
     CELL_KEYS,
     FRACTION,
@@ -463,6 +465,118 @@ def backdoor_table(data: ReportData) -> ReportTable:
                "not the target, classified as the target), defense × malicious fraction, "
                f"final round, mean ± std over seeds; {seeds_note(tidy['n'])}.")
     return ReportTable("backdoor_asr", "Backdoor attack-success rate", caption, sections,
+                       _drop_empty_variant(tidy), empty_note="no backdoor attack ran")
+
+
+# -- 4b. backdoor durability ---------------------------------------------------------------
+
+DURABILITY_RATES = ("asr_end", "asr_after_10", "asr_after_20")
+
+
+def _cell_last_active(cell: pd.Series) -> int | None:
+    """The attack's last active round: stored by the engine, or (databases written before
+    it was) from the cell's resolved config by the same definition."""
+    stored = cell.get("last_active_round")
+    if not _missing(stored):
+        return int(stored)
+    config = cell["config"]
+    params = config["attack"]["params"]
+    return last_active_round(int(params.get("start_round", 0)), int(params.get("every", 1)),
+                             params.get("end_round"), int(config["rounds"]))
+
+
+def durability_cells(data: ReportData) -> pd.DataFrame:
+    """One row per done backdoor cell: CELL_KEYS, seed and
+    :func:`byzbench.metrics.durability` of its round rows."""
+    cells = _plain(data.attacked.dropna(subset=["asr"]))
+    columns = [*CELL_KEYS, "seed", *DURABILITY_KEYS]
+    if cells.empty:
+        return pd.DataFrame(columns=columns)
+    by_cell = {cid: part for cid, part in data.rounds.groupby("cell_id", sort=False)}
+    rows = []
+    for _, cell in cells.iterrows():
+        part = by_cell.get(cell["cell_id"])
+        records = [] if part is None else [
+            {"round": r, "asr": None if _missing(a) else float(a)}
+            for r, a in zip(part["round"], part["asr"])]
+        values = durability(records, _cell_last_active(cell))
+        rows.append({**{k: cell[k] for k in (*CELL_KEYS, "seed")}, **values})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def durability_frame(data: ReportData) -> pd.DataFrame:
+    """Per defense, attack and fraction: the ASR at the end of the attack, 10 and 20 rounds
+    later (mean ± std over seeds, ``n`` seeds with a value), and the rounds until the ASR
+    fell below 20% — ``recovery_mean`` over the seeds where it did, ``recovered`` of
+    ``seeds``, and ``horizon_min`` (the shortest watch after the attack, in rounds)."""
+    cells = durability_cells(data)
+    out_columns = [*CELL_KEYS, "last_active_round",
+                   *(f"{k}_{s}" for k in DURABILITY_RATES for s in ("mean", "std", "n")),
+                   "recovery_mean", "recovery_std", "recovered", "seeds", "horizon_min"]
+    if cells.empty:
+        return pd.DataFrame(columns=out_columns)
+    for column in (*DURABILITY_RATES, "asr_recovery_rounds", "asr_horizon",
+                   "last_active_round"):
+        cells[column] = pd.to_numeric(cells[column]).astype(float)
+    grouped = cells.groupby(CELL_KEYS, dropna=False, sort=False)
+    out = grouped.agg(last_active_round=("last_active_round", "max"),
+                      recovery_mean=("asr_recovery_rounds", "mean"),
+                      recovery_std=("asr_recovery_rounds", "std"),
+                      recovered=("asr_recovery_rounds", "count"),
+                      seeds=("seed", "nunique"),
+                      horizon_min=("asr_horizon", "min")).reset_index()
+    for key in DURABILITY_RATES:
+        stats = over_seeds(cells, CELL_KEYS, key).rename(columns={"n": f"{key}_n"})
+        out = out.merge(stats, on=CELL_KEYS, how="left")
+    out = out.assign(**{f"{k}_n": out[f"{k}_n"].fillna(0).astype(int)
+                        for k in DURABILITY_RATES})
+    return _sorted(out[out_columns], data)
+
+
+def recovery_text(row: pd.Series) -> str:
+    """'12 ± 3' rounds when every seed's ASR fell below 20%; '> H' when none did within
+    the H rounds watched after the attack; 'x (k of n)' when only k of n seeds did."""
+    seeds, recovered = int(row["seeds"]), int(row["recovered"])
+    if recovered == 0:
+        return DASH if _missing(row["horizon_min"]) else f"> {int(row['horizon_min'])}"
+    text = f"{float(row['recovery_mean']):.0f}"
+    if not _missing(row["recovery_std"]):
+        text += f" ± {float(row['recovery_std']):.0f}"
+    if recovered < seeds:
+        text += f" ({recovered} of {seeds})"
+    return text
+
+
+def durability_table(data: ReportData) -> ReportTable:
+    tidy = durability_frame(data)
+    sections = []
+    _, defenses = _orders(data)
+    order = {label: i for i, label in enumerate(defenses)}
+    for attack, part in tidy.groupby("attack", sort=False):
+        part = part.assign(_label=_labels(part))
+        part = part.assign(_o=part["_label"].map(order)).sort_values(["_o", FRACTION])
+        display = pd.DataFrame({
+            "defense": part["_label"].tolist(),
+            "fraction": [frac_text(float(f)) for f in part[FRACTION]],
+            "last attack round": [DASH if _missing(v) else str(int(v))
+                                  for v in part["last_active_round"]],
+            **{title: [pct_pm(m, sd) for m, sd in zip(part[f"{k}_mean"], part[f"{k}_std"])]
+               for title, k in (("ASR at end %", "asr_end"),
+                                ("ASR +10 rounds %", "asr_after_10"),
+                                ("ASR +20 rounds %", "asr_after_20"))},
+            "rounds until ASR < 20%": [recovery_text(r) for _, r in part.iterrows()],
+        })
+        title = f"attack {attack}" if tidy["attack"].nunique() > 1 else ""
+        sections.append(Section(title, display))
+    caption = (
+        "How long a backdoor survives its attacker (byzbench.metrics.durability): the ASR in "
+        "% at the first evaluation at or after the attack's last active round L (ASR at "
+        "end), and at the first evaluation at or after L + 10 and L + 20 (mean ± std over "
+        f"seeds; {DASH}: the run ends earlier); rounds until ASR < 20%: from L to the first "
+        "evaluation at or after L with an ASR below 20%, mean ± std over the seeds where it "
+        "fell ('> H': it did not within the H rounds the run watched after L; '(k of n)': "
+        "only k of n seeds fell). Evaluations every eval_every rounds bound the precision.")
+    return ReportTable("backdoor_durability", "Backdoor durability", caption, sections,
                        _drop_empty_variant(tidy), empty_note="no backdoor attack ran")
 
 
