@@ -7,6 +7,15 @@ digest from the payload it *received* and verifies the signature against the pub
 registered for the claimed client id. Tampered payloads, replays (wrong round or nonce),
 unknown ids and signatures by another key all fail verification.
 
+Headers are attacker-controlled: a header that cannot be a client's (a field of the wrong
+type, a round or id outside the signed 64-bit range, a nonce longer than 65,535 bytes), a
+message dropped in transit (``None``, or no message for a row's client) and a high-S ECDSA
+signature are *rejections* of that row (``malformed``, ``missing``, ``bad_signature``),
+never an exception: one client cannot stop a round. ECDSA signatures are accepted only in
+low-S form (S ≤ n/2, as Bitcoin's BIP 146 requires): the server rejects the malleated twin
+(r, n − S) that ``cryptography`` would accept, so each signed message has exactly one valid
+encoding; clients sign low-S. Ed25519 is non-malleable already (RFC 8032: S < L is checked).
+
 Private keys never leave memory: :class:`ClientKeyring` refuses to be pickled or copied,
 and nothing in byzbench serialises a private key.
 """
@@ -26,11 +35,19 @@ import torch
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 Scheme = Literal["ecdsa-p256", "ed25519"]
 SCHEMES: tuple[str, ...] = ("ecdsa-p256", "ed25519")
 _DOMAIN = b"byzbench/update/v1"
 _ECDSA = ec.ECDSA(hashes.SHA256())
+# the order n of P-256's base point; a low-S signature has S <= n // 2
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+MAX_NONCE_BYTES = 0xFFFF  # the canonical encoding stores the nonce length in 2 bytes
 
 
 class Rejection(str, Enum):
@@ -40,6 +57,8 @@ class Rejection(str, Enum):
     WRONG_ROUND = "wrong_round"      # a message of another round (replay)
     WRONG_NONCE = "wrong_nonce"      # the nonce of another server challenge (replay)
     UNKNOWN_CLIENT = "unknown_client"  # no public key registered for the claimed id
+    MALFORMED = "malformed"          # a header no client can have sent (bad type or range)
+    MISSING = "missing"              # no message for the row (dropped in transit)
 
 
 @dataclass(frozen=True)
@@ -80,19 +99,65 @@ class _KeyPair:
 
     def sign(self, data: bytes) -> bytes:
         if self.scheme == "ecdsa-p256":
-            return self._private.sign(data, _ECDSA)
+            return low_s(self._private.sign(data, _ECDSA))
         return self._private.sign(data)
 
 
+def low_s(signature: bytes) -> bytes:
+    """The DER ECDSA (P-256) signature in its low-S form: (r, n − S) when S > n/2."""
+    r, s = decode_dss_signature(signature)
+    return signature if s <= P256_ORDER // 2 else encode_dss_signature(r, P256_ORDER - s)
+
+
 def verify_signature(public_key: object, scheme: Scheme, signature: bytes, data: bytes) -> bool:
+    """Whether ``signature`` is a valid signature of ``data``; ECDSA only in low-S form.
+    Never raises on a malformed signature (it is just invalid)."""
+    if not isinstance(signature, bytes):
+        return False
     try:
         if scheme == "ecdsa-p256":
+            if decode_dss_signature(signature)[1] > P256_ORDER // 2:
+                return False  # the malleated (high-S) twin of a signature
             public_key.verify(signature, data, _ECDSA)  # type: ignore[attr-defined]
         else:
             public_key.verify(signature, data)  # type: ignore[attr-defined]
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):  # ValueError: not a DER signature
         return False
     return True
+
+
+def _is_int64(value: object) -> bool:
+    return (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+            and _INT64[0] <= int(value) <= _INT64[1])
+
+
+def malformed(msg: object) -> bool:
+    """Whether a received header cannot be encoded canonically (so no client signed it):
+    not a :class:`SignedMessage`, an id or round that is not a signed 64-bit integer, a
+    nonce that is not bytes of at most 65,535, a signature that is not bytes."""
+    return not (isinstance(msg, SignedMessage) and _is_int64(msg.client_id)
+                and _is_int64(msg.round) and isinstance(msg.nonce, bytes)
+                and len(msg.nonce) <= MAX_NONCE_BYTES and isinstance(msg.signature, bytes))
+
+
+def align_messages(messages: Sequence[object], client_ids: Sequence[int]
+                   ) -> list[object]:
+    """The received headers paired with the round's rows (one per client id, in order).
+
+    One message per row: paired by position, as sent (a ``None`` entry is a message dropped
+    in transit). Any other count (messages dropped or injected): each row gets the first
+    message that claims its client id, ``None`` (missing) when none does.
+    """
+    received = list(messages)
+    ids = [int(c) for c in client_ids]
+    if len(received) == len(ids):
+        return received
+    by_id: dict[int, object] = {}
+    for msg in received:
+        claimed = getattr(msg, "client_id", None)
+        if _is_int64(claimed):
+            by_id.setdefault(int(claimed), msg)  # type: ignore[arg-type]
+    return [by_id.get(c) for c in ids]
 
 
 class ClientKeyring:
@@ -153,22 +218,31 @@ class PublicKeyRegistry:
     def __contains__(self, client_id: int) -> bool:
         return client_id in self._keys
 
-    def verify_round(self, messages: Sequence[SignedMessage], payloads: torch.Tensor,
+    def verify_round(self, messages: Sequence[SignedMessage | None], payloads: torch.Tensor,
                      round_: int, nonce: bytes) -> tuple[np.ndarray, list[Rejection | None]]:
-        """Check each message against its payload row; returns (valid mask, reasons)."""
+        """Check each message against its payload row (one message per row, ``None`` for a
+        row whose message was dropped); returns (valid mask, reasons). Never raises on what
+        a client or the network sent."""
         digests = update_digests(payloads)
+        if len(messages) != len(digests):
+            raise ValueError(f"{len(messages)} messages for {len(digests)} payload rows "
+                             "(pair them first: align_messages)")
         reasons: list[Rejection | None] = []
         for msg, digest in zip(messages, digests):
             reasons.append(self._check(msg, digest, round_, nonce))
         valid = np.array([r is None for r in reasons], dtype=bool)
         return valid, reasons
 
-    def _check(self, msg: SignedMessage, digest: bytes, round_: int,
+    def _check(self, msg: SignedMessage | None, digest: bytes, round_: int,
                nonce: bytes) -> Rejection | None:
-        key = self._keys.get(msg.client_id)
+        if msg is None:
+            return Rejection.MISSING
+        if malformed(msg):
+            return Rejection.MALFORMED
+        key = self._keys.get(int(msg.client_id))
         if key is None:
             return Rejection.UNKNOWN_CLIENT
-        data = signed_bytes(msg.client_id, msg.round, msg.nonce, digest)
+        data = signed_bytes(int(msg.client_id), int(msg.round), msg.nonce, digest)
         if not verify_signature(key, self.scheme, msg.signature, data):
             return Rejection.BAD_SIGNATURE
         if msg.round != round_:

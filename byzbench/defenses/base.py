@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from byzbench.crypto import PublicKeyRegistry, SignedMessage
+from byzbench.crypto import PublicKeyRegistry, SignedMessage, align_messages
 from byzbench.defenses.geometry import finite_rows, normalized_weights, scatter_rows
 from byzbench.registry import DEFENSES, Component, Params
 
@@ -145,7 +145,10 @@ class RoundContext:
         idx = index.to(self.client_ids.device)
         messages = None
         if self.messages is not None:
-            messages = [self.messages[i] for i in idx.tolist()]
+            received = self.messages
+            if len(received) != len(self.client_ids):  # dropped/injected: pair by claimed id
+                received = align_messages(received, self.client_ids.tolist())
+            messages = [received[i] for i in idx.tolist()]
         weights = None
         if self.weights is not None:
             weights = normalized_weights(self.weights[idx.to(self.weights.device)]

@@ -4,7 +4,8 @@ Each client signs the canonical bytes of (client id, round, server nonce, SHA-25
 update) with its own key (:mod:`byzbench.crypto`); the server recomputes the digest of the
 payload it received and verifies against the public key registered for the claimed id.
 Tampered payloads, replays (old round or nonce), unknown ids, messages re-labelled as
-another client and messages signed by another key are rejected (flagged). A malicious
+another client, messages signed by another key, malformed headers and messages dropped in
+transit are rejected (flagged); none of them raises. A malicious
 client that signs its own poisoned update passes: that is for later layers to catch.
 """
 
@@ -16,7 +17,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from byzbench.crypto import PublicKeyRegistry
+from byzbench.crypto import PublicKeyRegistry, align_messages
 from byzbench.defenses.base import (
     Defense,
     DefenseParams,
@@ -84,18 +85,18 @@ class Ecdsa(Defense):
         if ctx.messages is None or ctx.nonce is None:
             raise RuntimeError("ecdsa needs signed messages and the round's nonce in the "
                                "RoundContext (signing is off?)")
-        n = updates.shape[0]
-        if len(ctx.messages) != n:
-            raise ValueError(f"ecdsa got {len(ctx.messages)} messages for {n} update rows")
+        rows = ctx.client_ids.to("cpu", torch.long).tolist()
+        # what arrived, one header per row: dropped messages are None (rejected as missing)
+        messages = align_messages(ctx.messages, rows)
         start = time.perf_counter()
-        valid, reasons = self.public_keys.verify_round(ctx.messages, updates, ctx.round,
-                                                       ctx.nonce)
+        valid, reasons = self.public_keys.verify_round(messages, updates, ctx.round, ctx.nonce)
         seconds = time.perf_counter() - start
-        claimed = torch.tensor([m.client_id for m in ctx.messages], dtype=torch.long)
-        same_id = claimed == ctx.client_ids.to("cpu", torch.long)
+        same_id = [r is not None or getattr(m, "client_id", None) == c
+                   for m, c, r in zip(messages, rows, reasons)]
         rejections = [r.value if r is not None else (None if s else "id_mismatch")
-                      for r, s in zip(reasons, same_id.tolist())]
-        accepted = (torch.as_tensor(valid, dtype=torch.bool) & same_id).to(updates.device)
+                      for r, s in zip(reasons, same_id)]
+        accepted = (torch.as_tensor(valid, dtype=torch.bool)
+                    & torch.tensor(same_id, dtype=torch.bool)).to(updates.device)
         return accepted, rejections, seconds
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:

@@ -35,7 +35,7 @@ import torch
 
 from byzbench.attacks.base import Attack, AttackContext, AttackSetup
 from byzbench.config import CellConfig, ComponentSpec
-from byzbench.crypto import ClientKeyring
+from byzbench.crypto import ClientKeyring, align_messages
 from byzbench.data.base import Dataset
 from byzbench.defenses.base import Defense, DefenseSetup, RoundContext, Verdict, check_verdict
 from byzbench.engine.training import (
@@ -268,6 +268,8 @@ class Simulation:
         if attack_on and self.attack.stage == "transport" and any_malicious:
             inter = self.attack.intercept(updates, messages, ctx)
             updates, messages = inter.updates, inter.messages
+            if messages is not None:  # one header per row; a dropped message is None
+                messages = align_messages(messages, clients.tolist())
             truth = inter.touched.bool().to(dev)
 
         timer = _Timer(dev)

@@ -1,0 +1,177 @@
+"""Fault injection: what an attacker, a careless grid file or a busy machine can throw at
+byzbench, one test per class of issue 15 (each failed before its fix).
+
+A. attacker-controlled message headers;  B. huge finite rows (±1e38, 3e38);
+C. nearly parallel updates (cosines);     D. grid files that expand or cannot run;
+E. the results directory;                 F. the regression gate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from helpers import TINY_BASE, write_grid
+
+import byzbench.api as bb
+from byzbench.crypto import ClientKeyring, verify_signature
+from byzbench.defenses.base import DefenseSetup, RoundContext
+from byzbench.registry import DEFENSES
+
+# the order of P-256's base point (SEC 2)
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+# ------------------------------------------------------------------ helpers
+
+
+def make(name: str, **params):
+    cls = DEFENSES.get(name)
+    return cls(cls.Params(**params))
+
+
+def ctx_for(x: torch.Tensor, f: int = 0, messages=None, nonce=None, round_: int = 0
+            ) -> RoundContext:
+    n, d = x.shape
+    return RoundContext(round=round_, client_ids=torch.arange(n), num_samples=torch.ones(n),
+                        f=f, generator=torch.Generator().manual_seed(0),
+                        global_params=torch.zeros(d), messages=messages, nonce=nonce)
+
+
+def setup(defense, n: int, d: int, f: int = 0, keys=None):
+    defense.setup(DefenseSetup(num_clients=n, clients_per_round=n, f=f, dim=d, seed=0,
+                               device=torch.device("cpu"), public_keys=keys))
+    return defense
+
+
+# ------------------------------------------------ A. attacker-controlled message headers
+
+HEADER_FAULTS = {
+    "oversized nonce": lambda m: dataclasses.replace(m, nonce=b"\0" * 40_000),
+    "round 2^63": lambda m: dataclasses.replace(m, round=2**63),
+    "round -2^64": lambda m: dataclasses.replace(m, round=-2**64),
+    "id 2^70": lambda m: dataclasses.replace(m, client_id=2**70),
+    "id as float": lambda m: dataclasses.replace(m, client_id=float(m.client_id)),
+    "nonce as str": lambda m: dataclasses.replace(m, nonce="abc"),
+    "signature not DER": lambda m: dataclasses.replace(m, signature=b"\x30\x01"),
+    "dropped (None)": lambda m: None,
+    "not a message": lambda m: "garbage",
+}
+
+
+@pytest.mark.parametrize("defense", ["ecdsa", "signguard", "ecdsa+multikrum"])
+@pytest.mark.parametrize("fault", list(HEADER_FAULTS))
+def test_a_malformed_or_dropped_headers_are_rejections(defense, fault):
+    n, d, nonce = 10, 50, b"n" * 16
+    x = 1.0 + 0.1 * torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    keys = ClientKeyring(range(n))
+    messages, _ = keys.sign_round(list(range(n)), 3, nonce, x)
+    messages[2] = HEADER_FAULTS[fault](messages[2])
+    if "+" in defense:
+        rule = make("pipeline", layers=defense.split("+"))
+    else:
+        rule = make(defense)
+    rule = setup(rule, n, d, f=1, keys=keys.public_registry())
+    v = rule(x, ctx_for(x, f=1, messages=messages, nonce=nonce, round_=3))
+    assert torch.isfinite(v.aggregate).all()
+    assert bool(v.flagged[2]) and float(v.weights[2]) == 0.0
+
+
+def test_a_fewer_messages_than_rows_pair_by_claimed_id():
+    n, d, nonce = 6, 20, b"n" * 16
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
+    keys = ClientKeyring(range(n))
+    messages, _ = keys.sign_round(list(range(n)), 0, nonce, x)
+    del messages[4]                                     # dropped in transit
+    x[1] = float("nan")                                 # and a non-finite row too
+    rule = setup(make("ecdsa"), n, d, keys=keys.public_registry())
+    v = rule(x, ctx_for(x, messages=messages, nonce=nonce))
+    assert v.flagged.tolist() == [False, True, False, False, True, False]
+    reasons = rule.verify(x[[0, 2, 3, 4, 5]], ctx_for(x, messages=messages, nonce=nonce)
+                          .restrict(torch.tensor([0, 2, 3, 4, 5])))[1]
+    assert reasons == [None, None, None, "missing", None]
+
+
+def test_a_high_s_ecdsa_signatures_are_rejected():
+    keys = ClientKeyring([0])
+    registry = keys.public_registry()
+    nonce, digest = b"n" * 16, b"d" * 32
+    for _ in range(8):  # clients sign in low-S form
+        msg = keys.sign(0, 0, nonce, digest)
+        r, s = decode_dss_signature(msg.signature)
+        assert s <= P256_ORDER // 2
+    malleated = dataclasses.replace(msg, signature=encode_dss_signature(r, P256_ORDER - s))
+    from byzbench.crypto import _ECDSA, signed_bytes
+
+    data = signed_bytes(0, 0, nonce, digest)
+    registry._keys[0].verify(malleated.signature, data, _ECDSA)  # cryptography accepts it
+    assert verify_signature(registry._keys[0], "ecdsa-p256", msg.signature, data)
+    assert not verify_signature(registry._keys[0], "ecdsa-p256", malleated.signature, data)
+    assert registry._check(malleated, digest, 0, nonce).value == "bad_signature"
+
+
+HEADER_PLUGIN = '''
+import dataclasses
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from byzbench.attacks.base import Attack, AttackParams, Interception
+
+
+class BadHeadersParams(AttackParams):
+    mode: Literal["nonce", "round", "drop", "shorter"] = Field(
+        "nonce", description="what the network attacker does to the victims' headers")
+
+
+class BadHeaders(Attack):
+    """Alters the headers of the targeted clients' signed messages in transit: a 40 kB
+    nonce, a round of 2**63, a None (dropped) message, or a shorter list of messages."""
+
+    stage: ClassVar[str] = "transport"
+    paper: ClassVar[str] = "issue 15 fault injection"
+    Params: ClassVar[type] = BadHeadersParams
+
+    def intercept(self, updates, messages, ctx):
+        touched = ctx.malicious.clone()
+        if messages is None:
+            return Interception(updates, None, touched)
+        out = list(messages)
+        victims = torch.nonzero(touched).squeeze(1).tolist()
+        mode = self.params.mode
+        for i in victims:
+            if mode == "nonce":
+                out[i] = dataclasses.replace(out[i], nonce=b"x" * 40_000)
+            elif mode == "round":
+                out[i] = dataclasses.replace(out[i], round=2**63)
+            elif mode == "drop":
+                out[i] = None
+        if mode == "shorter":
+            out = [m for i, m in enumerate(out) if i not in set(victims)]
+        return Interception(updates, out, touched)
+'''
+
+
+def test_a_header_faults_in_a_run_are_detected_and_the_round_goes_on(tmp_path, monkeypatch):
+    (tmp_path / "bad_headers_plugin.py").write_text(HEADER_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grid = write_grid(tmp_path / "g.yaml", {
+        "name": "hdr", "base": {**TINY_BASE, "clients": 10, "malicious_fraction": 0.2},
+        "grid": {"attack": [{"name": "bad_headers_plugin:BadHeaders", "mode": m}
+                            for m in ("nonce", "round", "drop", "shorter")],
+                 "defense": ["ecdsa", "signguard"]}})
+    try:
+        summary = bb.run(grid, tmp_path / "res", workers=1)
+        assert summary.ok and summary.done == 8, summary.failed
+        cells = bb.load_results(tmp_path / "res").cells
+        assert (cells["detection_rate"] == 1.0).all()
+        assert not cells["diverged"].any()
+        assert (cells[cells["defense"] == "ecdsa"]["fpr"] == 0.0).all()
+    finally:
+        sys.modules.pop("bad_headers_plugin", None)
