@@ -175,3 +175,52 @@ def test_a_header_faults_in_a_run_are_detected_and_the_round_goes_on(tmp_path, m
         assert (cells[cells["defense"] == "ecdsa"]["fpr"] == 0.0).all()
     finally:
         sys.modules.pop("bad_headers_plugin", None)
+
+
+# ------------------------------------------------ B. huge finite rows: ±1e38, 3e38
+
+# rules documented as not bounding what a few huge rows contribute (README, Defenses):
+# the undefended mean, signature checks (authenticity, not honesty), the two reweighting
+# rules whose weights ignore magnitude (reputation: cosine to the median; foolsgold:
+# similarity between clients, against sybils), and the pre-aggregation layers that, used
+# alone, average what they pass on (nnm, bucketing, rlr)
+NOT_MAGNITUDE_ROBUST = {"fedavg", "ecdsa", "reputation", "foolsgold", "nnm", "bucketing",
+                        "rlr"}
+HUGE_PATTERNS = {
+    "±1e38 and 3e38 rows": [1e38, -1e38, 3e38],
+    "three colluding 3e38 rows": [3e38, 3e38, 3e38],
+    "mixed-sign rows whose sum overflows": "mixed",
+    "one float32-max row": [torch.finfo(torch.float32).max],
+}
+
+
+@pytest.mark.parametrize("pattern", list(HUGE_PATTERNS))
+@pytest.mark.parametrize("name", sorted(DEFENSES.names()))
+def test_b_huge_finite_rows_stay_out_of_the_model(name, pattern):
+    from byzbench.testing import _Round
+
+    n, d, f = 20, 64, 4
+    params = {}
+    if name == "clustering" and pattern.startswith("mixed"):
+        params = {"n_clusters": 4}  # k-means isolates at most k − 1 groups of outliers
+    cls = DEFENSES.get(name)
+    rnd = _Round(cls(cls.Params(**params)), n, d, seed=0)
+    y = rnd.honest.clone()
+    values = HUGE_PATTERNS[pattern]
+    if values == "mixed":
+        y[0] = 1e38
+        y[0, ::2] = -1e38
+        y[1] = 3e38
+        y[2] = -3e38
+        y[2, 1::3] = 1e38
+    else:
+        for i, value in enumerate(values):
+            y[i] = value
+    v = rnd.setup(cls(cls.Params(**params)), f)(y, rnd.context(y, f))
+    assert torch.isfinite(v.aggregate).all() and torch.isfinite(v.weights).all()
+    if name not in NOT_MAGNITUDE_ROBUST:
+        # a huge row let through at any weight ≥ 1/n would make this ≥ 1e36
+        bound = 10.0 * float(rnd.honest.abs().max())
+        assert float(v.aggregate.abs().max()) <= bound, (name, pattern)
+        theta = torch.zeros(d) + v.aggregate
+        assert torch.isfinite(theta * theta).all()   # the model stays usable

@@ -30,6 +30,11 @@ def outlier_scores(x: torch.Tensor) -> torch.Tensor:
     vector of the centred matrix, computed as λ₁·u_i² from the top eigenpair (λ₁, u) of the
     [m, m] Gram matrix of the centred rows (the same quantity, cheaper than an SVD)."""
     centred = x - x.mean(dim=0, keepdim=True)
+    if not bool(torch.isfinite(centred).all()):
+        # rows near float32's maximum (±1e38, 3e38): their sum overflows the input dtype, so
+        # the mean and the centred rows are formed in float64 (exact range: |x − μ| ≤ 2·max)
+        x64 = x.to(torch.float64)
+        centred = x64 - x64.mean(dim=0, keepdim=True)
     g = gram(centred)                                        # float64, overflow-safe
     g = torch.nan_to_num(g, nan=0.0, posinf=torch.finfo(torch.float64).max)
     eigvals, eigvecs = torch.linalg.eigh(g)
