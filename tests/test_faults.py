@@ -9,6 +9,7 @@ E. the results directory;                 F. the regression gate.
 from __future__ import annotations
 
 import dataclasses
+from decimal import Decimal, getcontext
 import sys
 
 import pytest
@@ -117,6 +118,7 @@ def test_a_high_s_ecdsa_signatures_are_rejected():
 
 HEADER_PLUGIN = '''
 import dataclasses
+from decimal import Decimal, getcontext
 from typing import ClassVar, Literal
 
 import torch
@@ -224,3 +226,73 @@ def test_b_huge_finite_rows_stay_out_of_the_model(name, pattern):
         assert float(v.aggregate.abs().max()) <= bound, (name, pattern)
         theta = torch.zeros(d) + v.aggregate
         assert torch.isfinite(theta * theta).all()   # the model stays usable
+
+
+# ------------------------------------------------ C. nearly parallel rows: cosines
+
+
+def _exact_cosines(x: torch.Tensor) -> list[list[Decimal]]:
+    """The cosines of the float32 rows ``x``, from their exact values in 60-digit decimals."""
+    getcontext().prec = 60
+    rows = [[Decimal(float(v)) for v in row] for row in x.tolist()]
+    dots = [[sum(a * b for a, b in zip(r, s)) for s in rows] for r in rows]
+    return [[dots[i][j] / (dots[i][i] * dots[j][j]).sqrt() for j in range(len(rows))]
+            for i in range(len(rows))]
+
+
+def test_c_cosines_of_nearly_parallel_rows_are_accurate():
+    from byzbench.defenses.geometry import cosine_to, pairwise_cosine
+
+    d = 2000
+    base = torch.randn(d, generator=torch.Generator().manual_seed(3))
+    x = base.repeat(6, 1)
+    for k in range(1, 6):                      # row k differs from row 0 in one coordinate
+        x[k, k] += 2.0 ** -10 * k              # 1 − cos ≈ 1e-10 .. 1e-8
+    x[3] *= 1024.0                             # scaling (exact in float32) changes nothing
+    exact = _exact_cosines(x)
+    cos = pairwise_cosine(x)
+    to0 = cosine_to(x, x[0])
+    for i in range(6):
+        for j in range(6):
+            if i == j:
+                continue
+            gap = float(1 - exact[i][j])       # 1 − cos, known to 60 digits
+            assert 0 < gap < 1e-7
+            assert float(1 - cos[i, j]) == pytest.approx(gap, rel=1e-6), (i, j)
+        if i:
+            assert float(1 - to0[i]) == pytest.approx(float(1 - exact[i][0]), rel=1e-6)
+
+
+def test_c_foolsgold_keeps_nearly_identical_honest_clients():
+    from byzbench.defenses.foolsgold import foolsgold_weights
+
+    g = torch.Generator().manual_seed(4)
+    common = torch.randn(5000, generator=g)
+    honest = common + 1e-4 * torch.randn(10, 5000, generator=g)   # 1 − cos ≈ 1e-8
+    alpha = foolsgold_weights(honest)
+    assert bool((alpha > 0).any()) and bool(torch.isfinite(alpha).all())
+    identical = common.repeat(4, 1)                                # nothing to tell apart
+    assert foolsgold_weights(identical).tolist() == [1.0] * 4
+    rule = make("foolsgold")
+    rule.setup(DefenseSetup(num_clients=10, clients_per_round=10, f=0, dim=5000, seed=0,
+                            device=torch.device("cpu")))
+    v = rule(honest, ctx_for(honest))
+    assert not bool(v.flagged.all()) and float(v.aggregate.norm()) > 0
+
+
+@pytest.mark.parametrize("name", ["flame", "clipped_clustering"])
+def test_c_clustering_on_nearly_parallel_updates_sees_the_outlier(name):
+    g = torch.Generator().manual_seed(5)
+    common = torch.randn(5000, generator=g)
+    x = common + 1e-5 * torch.randn(10, 5000, generator=g)        # honest: 1 − cos ≈ 1e-10
+    x[0] = common + 3e-4 * torch.randn(5000, generator=g)          # 1 − cos ≈ 5e-8: far
+    params = {"cluster_on": "updates", "noise_lambda": 0.0} if name == "flame" else {}
+    rule = make(name, **params)
+    rule.setup(DefenseSetup(num_clients=10, clients_per_round=10, f=1, dim=5000, seed=0,
+                            device=torch.device("cpu")))
+    v = rule(x, ctx_for(x, f=1))
+    assert bool(v.flagged[0])
+    if name == "flame":  # HDBSCAN admits the densest majority, ⌊n/2⌋ + 1 at least
+        assert int((~v.flagged).sum()) >= 6
+    else:
+        assert v.flagged.tolist() == [True] + [False] * 9

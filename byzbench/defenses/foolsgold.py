@@ -38,7 +38,8 @@ def foolsgold_weights(history: torch.Tensor, kappa: float = 1.0) -> torch.Tensor
 
     cs = cosine similarities with the diagonal zeroed; v_i = max_j cs_ij; pardoning
     cs_ij ← cs_ij·v_i/v_j where v_i < v_j; α_i = 1 − max_j cs_ij clipped to [0, 1], divided
-    by max α (1 → 0.99), then α ← κ(ln(α/(1−α)) + 0.5) clipped to [0, 1].
+    by max α (1 → 0.99), then α ← κ(ln(α/(1−α)) + 0.5) clipped to [0, 1]. When every α
+    is 0 (each history parallel to another), all weights are 1: no client stands out.
     """
     n = history.shape[0]
     cs = pairwise_cosine(history)                       # float64
@@ -50,7 +51,9 @@ def foolsgold_weights(history: torch.Tensor, kappa: float = 1.0) -> torch.Tensor
     alpha = (1.0 - cs.max(dim=1).values).clamp(0.0, 1.0)
     top = alpha.max() if n > 0 else alpha.new_zeros(())
     if not bool(top > 0):
-        return torch.zeros_like(alpha)
+        # every history is parallel to another's: nothing tells a sybil from an honest
+        # client, so everyone is weighted equally (zeroing everyone would stop training)
+        return torch.ones_like(alpha)
     alpha = alpha / top
     alpha = torch.where(alpha >= 1.0, torch.full_like(alpha, 0.99), alpha)
     logit = kappa * (torch.log(alpha / (1.0 - alpha)) + 0.5)

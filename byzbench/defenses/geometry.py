@@ -12,7 +12,9 @@ here never return NaN for such input:
 - :func:`pairwise_sq_distances` is ``‖a‖² + ‖b‖² − 2ab`` from one Gram matrix of the rows
   *centred on a typical row* (less cancellation), clamped at 0, float64, ``+inf`` for
   non-finite rows;
-- :func:`pairwise_cosine`, :func:`cosine_to`, :func:`row_norms`: overflow-safe;
+- :func:`pairwise_cosine`, :func:`cosine_to`: overflow-safe, and accurate for nearly
+  parallel rows (recomputed from unit rows in float64 by centred distances);
+- :func:`row_norms`: overflow-safe;
 - :func:`coordinate_median`, :func:`sort_columns`, :func:`robust_zscores`: robust statistics;
 - :func:`scatter_rows`, :func:`normalized_weights`, :func:`mean_of`: weights and means.
 
@@ -148,9 +150,41 @@ def pairwise_sq_distances(updates: torch.Tensor, center: bool = True) -> torch.T
     return out
 
 
-def pairwise_cosine(updates: torch.Tensor) -> torch.Tensor:
-    """[n, n] float64 cosine similarities in [-1, 1], overflow-safe.
+# 1 − |cos| below this: the float32 Gram's rounding (~1e-6 absolute on cos) is no longer
+# small against 1 − cos, so the cosines are recomputed accurately (:func:`_accurate_cosine`)
+NEAR_PARALLEL = 1e-3
 
+
+def _unit_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows of ``x`` scaled to unit L2 norm in float64, [n] bool: the row is non-zero).
+    Overflow-safe: rows are divided by their max-abs value first."""
+    x64 = x.to(torch.float64)
+    x64 = x64 / row_scale(x64)[:, None]
+    norm = torch.linalg.vector_norm(x64, dim=1)
+    nonzero = norm > 0
+    return x64 / torch.where(nonzero, norm, torch.ones_like(norm))[:, None], nonzero
+
+
+def _accurate_cosine(x: torch.Tensor) -> torch.Tensor:
+    """[n, n] float64 cosines of the finite rows ``x``, accurate when rows are nearly
+    parallel: cos = 1 − ‖u_i − u_j‖²/2 on the unit rows u in float64, the squared distances
+    from the Gram matrix of the rows centred on a typical one (no cancellation against the
+    shared direction), so 1 − cos keeps its relative accuracy down to ~1e-16."""
+    u, nonzero = _unit_rows(x)
+    cos = (1.0 - 0.5 * pairwise_sq_distances(u)).clamp_(-1.0, 1.0)
+    zero = ~nonzero
+    if bool(zero.any()):
+        cos[zero, :] = 0.0
+        cos[:, zero] = 0.0
+    return cos
+
+
+def pairwise_cosine(updates: torch.Tensor) -> torch.Tensor:
+    """[n, n] float64 cosine similarities in [-1, 1], overflow-safe and accurate.
+
+    One Gram matrix in the input dtype; when a pair is nearly parallel (1 − |cos| <
+    :data:`NEAR_PARALLEL`), where that Gram matrix's rounding swamps 1 − cos, the cosines
+    are recomputed from unit rows in float64 by centred distances (:func:`_accurate_cosine`).
     Zero rows and non-finite rows have similarity 0 to every row (1 to themselves).
     """
     n = updates.shape[0]
@@ -169,13 +203,18 @@ def pairwise_cosine(updates: torch.Tensor) -> torch.Tensor:
             norm = torch.sqrt(torch.diagonal(g).clone())
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
         cos = (g / safe[:, None] / safe[None, :]).clamp_(-1.0, 1.0)
+        off = cos.abs().fill_diagonal_(0.0)
+        if x.shape[0] > 1 and bool((off > 1.0 - NEAR_PARALLEL).any()):
+            cos = _accurate_cosine(x)
         out[idx[:, None], idx[None, :]] = cos
     out.fill_diagonal_(1.0)
     return out
 
 
 def cosine_to(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """[n] float64 cosine similarity of each row to ``reference`` [d], overflow-safe.
+    """[n] float64 cosine similarity of each row to ``reference`` [d], overflow-safe and
+    accurate (rows nearly parallel to the reference are recomputed as in
+    :func:`pairwise_cosine`).
 
     0 for non-finite rows, zero rows, or a zero/non-finite reference.
     """
@@ -200,6 +239,12 @@ def cosine_to(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     norms = row_norms(x)
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
     cos = (dots / (safe * ref_norm)).clamp_(-1.0, 1.0)
+    near = (cos.abs() > 1.0 - NEAR_PARALLEL) & (norms > 0)
+    if bool(near.any()):  # 1 − cos from the distance of unit vectors, in float64
+        u, _ = _unit_rows(x[near])
+        r, _ = _unit_rows(reference.reshape(1, -1))
+        diff = u - r
+        cos[near] = (1.0 - 0.5 * (diff * diff).sum(dim=1)).clamp(-1.0, 1.0)
     out[idx] = torch.where(norms > 0, cos, torch.zeros_like(cos))
     return out
 
