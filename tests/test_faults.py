@@ -9,8 +9,8 @@ E. the results directory;                 F. the regression gate.
 from __future__ import annotations
 
 import dataclasses
-from decimal import Decimal, getcontext
 import sys
+from decimal import Decimal, getcontext
 
 import pytest
 import torch
