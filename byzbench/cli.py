@@ -268,7 +268,8 @@ def check(
     console.print(table)
     for title, names in (("missing in this run", result.missing_now),
                          ("not in the baseline", result.new_cells),
-                         ("configuration changed", result.config_changed)):
+                         ("configuration changed", result.config_changed),
+                         ("duplicated in this run", result.duplicates)):
         for name in names:
             console.print(f"[yellow]{title}[/]: {escape(name)}")
     for note in result.notes:
@@ -278,9 +279,8 @@ def check(
         with open(summary_path, "a") as fh:
             fh.write(markdown(result, allow_missing))
     passed = result.passed(allow_missing)
-    console.print(f"{len(result.regressions)} regressed, {len(result.improvements)} improved, "
-                  f"{len(result.comparisons)} compared: "
-                  + ("[green]passed[/]" if passed else "[bold red]FAILED[/]"))
+    console.print(f"{escape(result.summary_line())}: "
+                  + ("[green]passed[/]" if passed else "[bold red]FAILED[/]"), soft_wrap=True)
     if not passed:
         raise typer.Exit(EXIT_FAILED)
 

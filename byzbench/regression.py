@@ -43,6 +43,7 @@ WORST_METRICS: dict[str, tuple[int, str]] = {
 DEFAULT_TOLERANCES: dict[str, float] = {"accuracy": 0.02, "detection": 0.05, "fpr": 0.05,
                                         "asr": 0.05, "worst": 0.02}
 BASELINE_FORMAT = 2   # 2: + "worst_case" entries; format 1 baselines still read
+READABLE_FORMATS = (1, 2)
 POOLED_AXES = ("attack", "seed")   # a worst-case entry's axes are a cell's without these
 WORST_PREFIX = "worst case: "
 
@@ -56,7 +57,7 @@ def axes_key(axes: Mapping[str, Any]) -> str:
 
 
 def _metrics(row: Mapping[str, Any]) -> dict[str, float | None]:
-    return {m: (None if row.get(m) is None else float(row[m])) for m in METRICS}
+    return {m: (None if row.get(m) is None else _finite_or_none(row[m])) for m in METRICS}
 
 
 def worst_case_entries(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -82,31 +83,65 @@ def worst_case_entries(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     by_key = {axes_key(g): g for g in groups}
     worst = worst_case(frame, ["group"], samples=0)
     return [{"axes": by_key[r.group], "worst_attack": r.worst_attack, "attacks": r.attacks,
-             "metrics": {"worst_accuracy": float(r.worst_accuracy)}}
+             "metrics": {"worst_accuracy": _finite_or_none(r.worst_accuracy)}}
             for r in worst.itertuples(index=False)]
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def make_baseline(results_dir: str | Path) -> dict[str, Any]:
     """The baseline of every finished (``done``) cell of a results directory, and the
-    worst-case accuracy of each defense and fraction (:func:`worst_case_entries`)."""
+    worst-case accuracy of each defense and fraction (:func:`worst_case_entries`).
+
+    Cells that share their axes (a grid edited between runs leaves its earlier cells in the
+    database) resolve to the one the latest run of the grid listed; axes still claimed by
+    several cells are listed under ``"duplicates"`` (not part of a written baseline)."""
     with ResultsStore.open(results_dir) as store:
         rows = [r for r in store.cell_rows() if r["status"] == "done"]
-        grids = sorted({r["grid"] for r in rows})
-    cells = {}
+        meta = store.meta()
+    grids = sorted({r["grid"] for r in rows})
+    current: set[str] = set()
+    for grid in grids:
+        try:
+            current.update(json.loads(meta.get(f"cells:{grid}", "[]")))
+        except (TypeError, ValueError):
+            pass
+    by_key: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        axes = json.loads(row["axes"])
-        cells[axes_key(axes)] = {"cell_id": row["cell_id"], "axes": axes,
-                                 "metrics": _metrics(row)}
+        by_key.setdefault(axes_key(json.loads(row["axes"])), []).append(row)
+    cells, kept, duplicates = [], [], []
+    for group in by_key.values():
+        if len(group) > 1:
+            listed = [r for r in group if r["cell_id"] in current]
+            if len(listed) == 1:
+                group = listed
+            else:
+                duplicates.append(label(json.loads(group[0]["axes"])))
+        row = group[-1]
+        kept.append(row)
+        cells.append({"cell_id": row["cell_id"], "axes": json.loads(row["axes"]),
+                      "metrics": _metrics(row)})
     return {"format": BASELINE_FORMAT, "byzbench_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "grids": grids, "cells": list(cells.values()),
-            "worst_case": worst_case_entries(rows)}
+            "grids": grids, "cells": cells,
+            "worst_case": worst_case_entries(kept), "duplicates": duplicates}
 
 
 def write_baseline(results_dir: str | Path, out: str | Path) -> dict[str, Any]:
     baseline = make_baseline(results_dir)
     if not baseline["cells"]:
         raise BaselineError(f"{results_dir} has no finished cell to make a baseline of")
+    duplicates = baseline.pop("duplicates")
+    if duplicates:
+        raise BaselineError(f"{results_dir}: {len(duplicates)} cell(s) stored more than once "
+                            f"under the same axes (e.g. {duplicates[0]}); re-run the grid "
+                            "into a fresh results directory")
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
@@ -124,20 +159,42 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise BaselineError(f"{path}: not a byzbench baseline (expected a 'cells' list; "
                             "make one with 'byzbench baseline RESULTS_DIR -o FILE')")
+    fmt_ = data.get("format", 1)  # the first baselines had no 'format' key
+    if isinstance(fmt_, bool) or fmt_ not in READABLE_FORMATS:
+        raise BaselineError(f"{path}: format: unknown baseline format {fmt_!r} (this byzbench "
+                            f"{__version__} reads formats "
+                            f"{', '.join(map(str, READABLE_FORMATS))}); rewrite it with "
+                            "'byzbench baseline RESULTS_DIR -o FILE'")
+    grids = data.get("grids")
+    if grids is not None and not (isinstance(grids, list)
+                                  and all(isinstance(g, str) for g in grids)):
+        raise BaselineError(f"{path}: grids: expected a list of grid names (got {grids!r})")
+    seen: dict[str, int] = {}
     for i, cell in enumerate(data["cells"]):
         if not (isinstance(cell, dict) and isinstance(cell.get("axes"), dict)
                 and isinstance(cell.get("metrics"), dict) and "cell_id" in cell):
             raise BaselineError(f"{path}: cells[{i}] needs 'cell_id', 'axes' and 'metrics'")
         _check_metrics(path, f"cells[{i}]", cell["metrics"], METRICS)
+        key = axes_key(cell["axes"])
+        if key in seen:
+            raise BaselineError(f"{path}: cells[{i}] repeats the axes of cells[{seen[key]}] "
+                                f"({label(cell['axes'])}): one entry per cell")
+        seen[key] = i
     worst = data.get("worst_case")
     if worst is not None:
         if not isinstance(worst, list):
             raise BaselineError(f"{path}: worst_case: expected a list of entries")
+        seen = {}
         for i, entry in enumerate(worst):
             if not (isinstance(entry, dict) and isinstance(entry.get("axes"), dict)
                     and isinstance(entry.get("metrics"), dict)):
                 raise BaselineError(f"{path}: worst_case[{i}] needs 'axes' and 'metrics'")
             _check_metrics(path, f"worst_case[{i}]", entry["metrics"], WORST_METRICS)
+            key = axes_key(entry["axes"])
+            if key in seen:
+                raise BaselineError(f"{path}: worst_case[{i}] repeats the axes of "
+                                    f"worst_case[{seen[key]}] ({label(entry['axes'])})")
+            seen[key] = i
     return data
 
 
@@ -151,6 +208,9 @@ def _check_metrics(path: Path, where: str, metrics: Mapping[str, Any],
                                   or not isinstance(value, (int, float))):
             raise BaselineError(f"{path}: {where}.metrics.{metric}: not a number "
                                 f"(got {value!r})")
+        if value is not None and not math.isfinite(value):
+            raise BaselineError(f"{path}: {where}.metrics.{metric}: not a finite number "
+                                f"(got {value!r}); a baseline holds finite values or null")
 
 
 def parse_tolerances(text: str | None) -> dict[str, float]:
@@ -194,6 +254,7 @@ class Comparison:
 class CheckResult:
     comparisons: list[Comparison] = field(default_factory=list)
     missing_now: list[str] = field(default_factory=list)       # in baseline, not in the run
+    duplicates: list[str] = field(default_factory=list)        # axes of several run cells
     new_cells: list[str] = field(default_factory=list)         # in the run, not in baseline
     config_changed: list[str] = field(default_factory=list)    # same axes, other config hash
     tolerances: dict[str, float] = field(default_factory=dict)
@@ -201,15 +262,37 @@ class CheckResult:
 
     @property
     def regressions(self) -> list[Comparison]:
-        return [c for c in self.comparisons if c.verdict in ("regressed", "missing value")]
+        """Metrics worse than the baseline beyond their tolerance."""
+        return [c for c in self.comparisons if c.verdict == "regressed"]
+
+    @property
+    def missing_values(self) -> list[Comparison]:
+        """Metrics the baseline has that the run lacks or holds as NaN/±Inf: failures."""
+        return [c for c in self.comparisons if c.verdict == "missing value"]
 
     @property
     def improvements(self) -> list[Comparison]:
         return [c for c in self.comparisons if c.verdict == "improved"]
 
     def passed(self, allow_missing: bool = False) -> bool:
-        structural = self.missing_now or self.new_cells or self.config_changed
-        return not self.regressions and (allow_missing or not structural)
+        structural = (self.missing_now or self.new_cells or self.config_changed
+                      or self.duplicates)
+        return (not self.regressions and not self.missing_values
+                and (allow_missing or not structural))
+
+    def counts(self) -> list[tuple[str, int]]:
+        """The summary, one row per kind of finding (none counted under another)."""
+        return [("compared", len(self.comparisons)), ("regressed", len(self.regressions)),
+                ("missing or non-finite value", len(self.missing_values)),
+                ("improved", len(self.improvements)),
+                ("configuration changed", len(self.config_changed)),
+                ("missing in this run", len(self.missing_now)),
+                ("not in the baseline", len(self.new_cells)),
+                ("duplicated in this run", len(self.duplicates))]
+
+    def summary_line(self) -> str:
+        return ", ".join(f"{n} {what}" for what, n in self.counts()
+                         if n or what in ("compared", "regressed", "improved"))
 
 
 def label(axes: Mapping[str, Any]) -> str:
@@ -225,8 +308,8 @@ def _compare_metrics(result: CheckResult, name: str, old: Mapping[str, Any],
             continue
         if was is None:
             verdict = "ok"  # a metric the baseline did not have: nothing to regress from
-        elif now is None or not math.isfinite(now):
-            verdict = "missing value"
+        elif now is None or not math.isfinite(now) or not math.isfinite(was):
+            verdict = "missing value"  # never a pass: NaN compares as neither worse nor better
         else:
             change = (now - was) * direction
             tol = result.tolerances[tol_key]
@@ -259,7 +342,13 @@ def compare(baseline: Mapping[str, Any], results_dir: str | Path,
             tolerances: Mapping[str, float]) -> CheckResult:
     """Compare a run's finished cells, and its worst-case accuracies, with a baseline."""
     now = make_baseline(results_dir)
-    result = CheckResult(tolerances={**DEFAULT_TOLERANCES, **tolerances})
+    base_grids, now_grids = baseline.get("grids") or [], now["grids"]
+    if base_grids and now_grids and not set(base_grids) & set(now_grids):
+        raise BaselineError(f"the baseline is of grid {', '.join(map(repr, base_grids))} but "
+                            f"{results_dir} holds grid {', '.join(map(repr, now_grids))}: "
+                            "check a run of the baseline's grid")
+    result = CheckResult(tolerances={**DEFAULT_TOLERANCES, **tolerances},
+                         duplicates=list(now["duplicates"]))
     _match(result, baseline["cells"], now["cells"], METRICS)
     base_worst = baseline.get("worst_case")
     if base_worst is None and now["worst_case"]:
@@ -274,16 +363,17 @@ def markdown(result: CheckResult, allow_missing: bool = False) -> str:
     """The check as a Markdown section (for GITHUB_STEP_SUMMARY)."""
     status = "passed" if result.passed(allow_missing) else "FAILED"
     lines = [f"## byzbench check: {status}", "",
-             f"{len(result.comparisons)} metrics compared, {len(result.regressions)} "
-             f"regressed, {len(result.improvements)} improved; tolerances "
-             + ", ".join(f"{k}={v}" for k, v in result.tolerances.items()), "",
+             "| finding | count |", "|---|---:|",
+             *(f"| {what} | {n} |" for what, n in result.counts()), "",
+             "tolerances " + ", ".join(f"{k}={v}" for k, v in result.tolerances.items()), "",
              "| cell | metric | baseline | now | delta | verdict |", "|---|---|---|---|---|---|"]
     for c in result.comparisons:
         lines.append(f"| {c.cell} | {c.metric} | {fmt(c.baseline)} | {fmt(c.now)} | "
                      f"{fmt(c.delta, signed=True)} | {c.verdict} |")
     for title, names in (("missing in this run", result.missing_now),
                          ("not in the baseline", result.new_cells),
-                         ("configuration changed", result.config_changed)):
+                         ("configuration changed", result.config_changed),
+                         ("duplicated in this run", result.duplicates)):
         if names:
             lines += ["", f"**{title}**: " + "; ".join(names)]
     lines += ["", *(f"> {note}" for note in result.notes)] if result.notes else []

@@ -9,6 +9,7 @@ E. the results directory;                 F. the regression gate.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from decimal import Decimal, getcontext
 
@@ -118,6 +119,7 @@ def test_a_high_s_ecdsa_signatures_are_rejected():
 
 HEADER_PLUGIN = '''
 import dataclasses
+import json
 from decimal import Decimal, getcontext
 from typing import ClassVar, Literal
 
@@ -296,3 +298,67 @@ def test_c_clustering_on_nearly_parallel_updates_sees_the_outlier(name):
         assert int((~v.flagged).sum()) >= 6
     else:
         assert v.flagged.tolist() == [True] + [False] * 9
+
+
+# ------------------------------------------------ F. the regression gate
+
+@pytest.fixture(scope="module")
+def gate_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gate")
+    grid = write_grid(tmp / "g.yaml", {"name": "gate", "base": TINY_BASE,
+                                       "grid": {"seed": [0, 1]}})
+    assert bb.run(grid, tmp / "res", workers=1).ok
+    return tmp / "res"
+
+
+def _check(run_dir, baseline, tmp_path, *extra):
+    from typer.testing import CliRunner
+
+    from byzbench.cli import app
+
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(baseline) if isinstance(baseline, dict) else baseline)
+    return CliRunner().invoke(app, ["check", str(run_dir), "-b", str(path), *extra])
+
+
+def _own_baseline(run_dir, tmp_path):
+    from byzbench.regression import write_baseline
+
+    return write_baseline(run_dir, tmp_path / "own.json")
+
+
+def test_f_the_gate_cannot_be_bypassed_and_counts_each_finding_apart(gate_run, tmp_path):
+    base = _own_baseline(gate_run, tmp_path)
+    assert _check(gate_run, base, tmp_path).exit_code == 0
+    # NaN (and ±Infinity) in a baseline: an error, never "+nan ok"
+    text = json.dumps(base).replace(str(base["cells"][0]["metrics"]["accuracy"]), "NaN", 1)
+    r = _check(gate_run, text, tmp_path)
+    assert r.exit_code == 2 and "cells[0].metrics.accuracy: not a finite number" in r.output
+    r = _check(gate_run, {**base, "format": 99}, tmp_path)
+    assert r.exit_code == 2 and "unknown baseline format 99" in r.output
+    r = _check(gate_run, {**base, "cells": base["cells"] + base["cells"][:1]}, tmp_path)
+    assert r.exit_code == 2 and "cells[2] repeats the axes of cells[0]" in r.output
+    r = _check(gate_run, {**base, "grids": ["another"]}, tmp_path)
+    assert r.exit_code == 2 and "the baseline is of grid 'another'" in r.output
+    # a changed config hash and a missing cell: their own rows, not "regressed"
+    cells = json.loads(json.dumps(base["cells"]))
+    cells[0]["cell_id"] = "0" * 16
+    extra = json.loads(json.dumps(cells[1]))
+    extra["axes"]["seed"] = 99
+    r = _check(gate_run, {**base, "cells": cells + [extra]}, tmp_path)
+    assert r.exit_code == 1, r.output
+    assert "0 regressed" in r.output
+    assert "1 configuration changed" in r.output and "1 missing in this run" in r.output
+
+
+def test_f_non_finite_results_fail_the_gate(gate_run, tmp_path):
+    import shutil
+    import sqlite3
+
+    base = _own_baseline(gate_run, tmp_path)
+    run = tmp_path / "copy"
+    shutil.copytree(gate_run, run)
+    with sqlite3.connect(run / "results.db") as conn:
+        conn.execute("UPDATE cells SET accuracy = 'NaN'")
+    r = _check(run, base, tmp_path)
+    assert r.exit_code == 1 and "missing or non-finite value" in r.output
