@@ -130,6 +130,9 @@ def run(
     except ConfigError as exc:
         fail(str(exc))
     directory = results or default_results_dir(grid)
+    for warning in grid.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False,
+                          soft_wrap=True)
     if dry_run:
         _print_cells(grid, directory)
         return

@@ -49,6 +49,8 @@ BLOCK_KEYS: dict[str, str] = {
 STANDARD_AXES = ("attack", "defense", "malicious_fraction", "seed")
 # settings that say how a cell runs, not what it computes: left out of the cell id
 EXECUTION_FIELDS = ("device", "client_chunk")
+# a sane cap on a simulated federation (each round trains every participant in one batch)
+MAX_CLIENTS = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -102,7 +104,7 @@ class CellConfig(_Strict):
     dataset: ComponentSpec = ComponentSpec(name="digits")
     model: ComponentSpec = ComponentSpec(name="mlp")
     partition: ComponentSpec = ComponentSpec(name="iid")
-    clients: int = Field(20, ge=2, description="clients in the federation")
+    clients: int = Field(20, ge=2, le=MAX_CLIENTS, description="clients in the federation")
     clients_per_round: int | None = Field(None, ge=1, description="sampled per round (all)")
     rounds: int = Field(30, ge=1)
     local: LocalConfig = LocalConfig()
@@ -167,6 +169,7 @@ class Grid(_Strict):
     source: str = "<memory>"
     axes: dict[str, list[Any]]
     cells: list[Cell]
+    warnings: tuple[str, ...] = ()  # said before running (e.g. an explicitly empty grid)
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -266,6 +269,11 @@ class _Resolver:
         description = raw.get("description", "") or ""
         base = raw.get("base", {}) or {}
         axes = raw.get("grid", {}) or {}
+        warnings: list[str] = []
+        if "grid" in raw and axes == {}:
+            warnings.append(f"{self.source}: grid: no axes (written as empty): the grid is "
+                            "the single cell of the base settings; list an axis, e.g. "
+                            "'seed: [0, 1]', or leave the 'grid' key out to mean one cell")
         if not isinstance(base, dict):
             self.fail("base", "must be a mapping of settings", base)
         if not isinstance(axes, dict):
@@ -325,9 +333,32 @@ class _Resolver:
             for axis in ("attack", "defense", "malicious_fraction", "seed"):
                 labels.setdefault(axis, _label_of(config, axis))
             cells.append(Cell(id=cell_id, axes=labels, config=config))
+        self.check_clients(cells, "clients" in axis_values)
         return Grid(name=name, description=str(description), source=self.source,
                     axes={p: [label for label, _ in v] for p, v in axis_values.items()},
-                    cells=cells)
+                    cells=cells, warnings=tuple(warnings))
+
+    def check_clients(self, cells: list[Cell], on_axis: bool) -> None:
+        """More clients than the dataset has training samples (a bound known without
+        reading the data) fails every such cell: say so now, naming the key."""
+        bounds: dict[str, int | None] = {}
+        for cell in cells:
+            spec = cell.config.dataset
+            key = json.dumps([spec.name, spec.params], sort_keys=True, default=str)
+            if key not in bounds:
+                try:
+                    cls = REGISTRIES["dataset"].get(spec.name)
+                    bounds[key] = cls(cls.Params(**spec.params)).train_size_bound()
+                except Exception:  # noqa: BLE001 - a plugin's hint is optional
+                    bounds[key] = None
+            bound = bounds[key]
+            clients = cell.config.clients
+            if bound is not None and clients > bound:
+                where = "grid.clients" if on_axis else "base.clients"
+                self.fail(where, f"{clients:,} clients, but dataset '{spec.name}' has at most "
+                          f"{bound:,} training samples and every client needs one",
+                          allowed=f"clients ≤ {bound:,} for this dataset (at most "
+                                  f"{MAX_CLIENTS:,} in any case)")
 
     def check_path(self, path: str, base_cell: CellConfig) -> None:
         head, _, rest = path.partition(".")

@@ -362,3 +362,57 @@ def test_f_non_finite_results_fail_the_gate(gate_run, tmp_path):
         conn.execute("UPDATE cells SET accuracy = 'NaN'")
     r = _check(run, base, tmp_path)
     assert r.exit_code == 1 and "missing or non-finite value" in r.output
+
+
+# ------------------------------------------------ D. grid files
+
+ALIAS_BOMB = """name: bomb
+description:
+  - &a [x, x, x, x, x, x, x, x, x, x]
+  - &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+  - &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+  - &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+  - &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+  - &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+  - &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+  - &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+  - &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
+grid: {seed: [0]}
+"""
+
+
+def _dry_run(path):
+    from typer.testing import CliRunner
+
+    from byzbench.cli import app
+
+    return CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+
+
+def test_d_grid_files_that_cannot_run_fail_before_running(tmp_path):
+    import time
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(ALIAS_BOMB)                       # 10^9 strings once expanded
+    start = time.perf_counter()
+    r = _dry_run(bomb)
+    assert time.perf_counter() - start < 10
+    assert r.exit_code == 2
+    assert f"{bomb}: the YAML expands to more than 100,000 nodes" in r.output
+    huge = write_grid(tmp_path / "huge.yaml", {"name": "huge",
+                                               "base": {"clients": 1_000_000_000}})
+    r = _dry_run(huge)
+    assert r.exit_code == 2 and "base.clients" in r.output and "1000000" in r.output
+    many = write_grid(tmp_path / "many.yaml", {"name": "many", "base": {"clients": 5000}})
+    r = _dry_run(many)
+    assert r.exit_code == 2 and "base.clients: 5,000 clients" in r.output
+    assert "clients ≤ 1,347" in r.output           # digits: 1,797 − 450 test images
+    axis = write_grid(tmp_path / "axis.yaml", {
+        "name": "axis", "base": {"dataset": {"name": "synthetic", "train_samples": 100}},
+        "grid": {"clients": [10, 200]}})
+    r = _dry_run(axis)
+    assert r.exit_code == 2 and "grid.clients: 200 clients" in r.output
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("name: empty\nbase: {clients: 6}\ngrid: {}\n")
+    r = _dry_run(empty)
+    assert r.exit_code == 0 and "warning:" in r.output and "grid: no axes" in r.output

@@ -49,6 +49,11 @@ class DatasetSource(Component):
     def check(self) -> None:
         """Raise if the data cannot be had (missing files), without loading it all."""
 
+    def train_size_bound(self) -> int | None:
+        """An upper bound on the training samples, known without reading the data (the grid
+        check rejects more clients than that before anything runs); None when unknown."""
+        return None
+
 
 class Partition(Component):
     """Splits training sample indices among clients.

@@ -184,6 +184,8 @@ class _CachedSource(DatasetSource):
 
 # --------------------------------------------------------------------------- digits
 
+DIGITS_SAMPLES = 1797
+
 
 class DigitsParams(DatasetParams):
     test_fraction: float = Field(0.25, ge=0.01, le=0.99,
@@ -207,6 +209,9 @@ class Digits(_CachedSource):
     Params: ClassVar[type[DigitsParams]] = DigitsParams
     paper: ClassVar[str] = ("Alpaydin & Kaynak, Optical Recognition of Handwritten Digits, "
                             "UCI Machine Learning Repository, 1998")
+
+    def train_size_bound(self) -> int:
+        return DIGITS_SAMPLES - math.ceil(self.params.test_fraction * DIGITS_SAMPLES)
 
     def _build(self) -> Dataset:
         p = self.params
@@ -296,6 +301,9 @@ class Synthetic(_CachedSource):
     paper: ClassVar[str] = ("Hastie, Tibshirani & Friedman, The Elements of Statistical "
                             "Learning, 2nd ed., §4.3 (class-conditional Gaussians), 2009")
 
+    def train_size_bound(self) -> int:
+        return self.params.train_samples
+
     def _build(self) -> Dataset:
         p = self.params
         # Independent streams: changing train_samples leaves the means and test set unchanged.
@@ -371,6 +379,12 @@ class _FileSource(_CachedSource):
     dir_name: ClassVar[str] = ""                 # its directory under data_dir()
     system_dirs: ClassVar[tuple[str, ...]] = ()  # where an OS package puts the files
     apt_package: ClassVar[str] = ""              # that Debian/Ubuntu package
+    train_samples_full: ClassVar[int | None] = None  # the standard training split's size
+
+    def train_size_bound(self) -> int | None:
+        sizes = [v for v in (self.train_samples_full, self.params.max_train_samples)
+                 if v is not None]
+        return min(sizes) if sizes else None
 
     def search_roots(self) -> list[tuple[Path, str]]:
         """(directory, where it comes from) searched in order: ``root`` alone when set."""
@@ -643,6 +657,7 @@ class MNIST(_IdxSource):
     source_url: ClassVar[str] = "https://yann.lecun.com/exdb/mnist/"
     torchvision_class: ClassVar[str] = "MNIST"
     dir_name: ClassVar[str] = "mnist"
+    train_samples_full: ClassVar[int | None] = 60_000
 
 
 @DATASETS.register("fashion_mnist")
@@ -656,6 +671,7 @@ class FashionMNIST(_IdxSource):
     source_url: ClassVar[str] = "https://github.com/zalandoresearch/fashion-mnist"
     torchvision_class: ClassVar[str] = "FashionMNIST"
     dir_name: ClassVar[str] = "fashion_mnist"
+    train_samples_full: ClassVar[int | None] = 60_000
     system_dirs: ClassVar[tuple[str, ...]] = ("/usr/share/datasets/fashion-mnist",)
     apt_package: ClassVar[str] = "dataset-fashion-mnist"
 
@@ -748,6 +764,7 @@ class CIFAR10(_FileSource):
     source_url: ClassVar[str] = "https://www.cs.toronto.edu/~kriz/cifar.html"
     torchvision_class: ClassVar[str] = "CIFAR10"
     dir_name: ClassVar[str] = "cifar10"
+    train_samples_full: ClassVar[int | None] = 50_000
     files: ClassVar[tuple[str, ...]] = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
     batch_dir: ClassVar[str] = "cifar-10-batches-py"
     archive: ClassVar[str] = "cifar-10-python.tar.gz"
