@@ -200,6 +200,9 @@ class Registry(Generic[T]):
         except ImportError as exc:
             raise PluginError(f"cannot import module '{module_name}' for {self.kind} "
                               f"'{path}': {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a plugin that raises on import is named
+            raise PluginError(f"module '{module_name}' (for {self.kind} '{path}') raised on "
+                              f"import: {type(exc).__name__}: {exc}") from None
         cls = getattr(module, attr, None)
         if cls is None:
             raise PluginError(f"module '{module_name}' has no attribute '{attr}' "

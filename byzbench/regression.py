@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -143,8 +144,18 @@ def write_baseline(results_dir: str | Path, out: str | Path) -> dict[str, Any]:
                             f"under the same axes (e.g. {duplicates[0]}); re-run the grid "
                             "into a fresh results directory")
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(baseline, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)          # then renamed: a reader never sees half a baseline
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise BaselineError(f"cannot write baseline {path}: {exc.strerror or exc}") from None
     return baseline
 
 

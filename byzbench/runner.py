@@ -29,7 +29,7 @@ from byzbench.executors import (
     pool_context,
     preload_datasets,
 )
-from byzbench.store import ResultsStore
+from byzbench.store import DirectoryLock, ResultsStore
 
 if TYPE_CHECKING:
     from byzbench.ray_executor import RayOptions
@@ -125,7 +125,7 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | N
     started = time.perf_counter()
     summary = RunSummary(results_dir=directory, total=len(grid.cells))
     emit = on_event or (lambda kind, cell, result: None)
-    with ResultsStore.create(directory) as store:
+    with DirectoryLock(directory), ResultsStore.create(directory) as store:
         store.register_grid(grid)
         finished = set() if force else store.finished_ids()
         pending = []

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,6 +28,11 @@ if TYPE_CHECKING:
     from byzbench.engine.simulation import CellResult
 
 DB_NAME = "results.db"
+LOCK_NAME = ".byzbench.lock"          # held (flock) by the run writing the directory
+OWNER_NAME = ".byzbench.lock.owner"   # who holds it: pid, host, start time, command
+# columns without which a database is not byzbench's (older ones gain the others)
+REQUIRED_COLUMNS = {"cells": ("cell_id", "grid", "axes", "config", "status"),
+                    "rounds": ("cell_id", "round")}
 FINISHED = ("done", "skipped")
 
 SUMMARY_COLUMNS: dict[str, str] = {
@@ -88,15 +96,92 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _db_problem(path: Path, exc: sqlite3.Error) -> StoreError:
+    """One line for a database that cannot be used."""
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return StoreError(f"{path}: not a byzbench results database ({text}); move it away "
+                          "or choose another results directory (-o DIR)")
+    if "readonly" in text or "unable to open" in text or "read-only" in text:
+        return StoreError(f"cannot write {path}: {text} (is its directory writable?)")
+    return StoreError(f"{path}: cannot use the results database: {text}")
+
+
+class DirectoryLock:
+    """Exclusive use of a results directory by one run (``filelock``; released by the OS
+    if the process dies). Its holder's pid, host, start time and command are written to
+    ``.byzbench.lock.owner`` beside it, so a second run says who holds it."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self._lock: Any = None
+
+    def owner(self) -> str:
+        try:
+            info = json.loads((self.directory / OWNER_NAME).read_text())
+            return (f"pid {info['pid']} on {info['host']} since {info['since']}: "
+                    f"{info['command']}")
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"
+
+    def __enter__(self) -> DirectoryLock:
+        from filelock import FileLock, Timeout
+
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create results directory {self.directory}: "
+                             f"{exc.strerror}") from None
+        lock = FileLock(str(self.directory / LOCK_NAME), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreError(f"{self.directory} is in use by another byzbench run "
+                             f"({self.owner()}); wait for it to finish, or write to another "
+                             "results directory (-o DIR)") from None
+        except OSError as exc:
+            raise StoreError(f"cannot write to results directory {self.directory}: "
+                             f"{exc.strerror or exc}") from None
+        self._lock = lock
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(os.path.basename(a) if i == 0 else a
+                                    for i, a in enumerate(sys.argv))}
+        tmp = self.directory / f"{OWNER_NAME}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, self.directory / OWNER_NAME)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            lock.release()
+            raise StoreError(f"cannot write to results directory {self.directory}: "
+                             f"{exc.strerror or exc}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            try:
+                (self.directory / OWNER_NAME).unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._lock.release()
+            self._lock = None
+
+
 class ResultsStore:
     """A results database; create it with :meth:`create` or open one with :meth:`open`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.conn = sqlite3.connect(path, timeout=30)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._check_schema()  # before anything writes: another program's file stays as is
+            self.conn.execute("PRAGMA journal_mode = WAL")
+        except (sqlite3.Error, StoreError):
+            self.conn.close()
+            raise
 
     @classmethod
     def create(cls, results_dir: str | Path) -> ResultsStore:
@@ -106,11 +191,34 @@ class ResultsStore:
         except OSError as exc:
             raise StoreError(f"cannot create results directory {directory}: {exc.strerror}"
                              ) from None
-        store = cls(directory / DB_NAME)
-        with store.conn:
-            store.conn.executescript(_SCHEMA)
-            store._add_missing_columns()
+        path = directory / DB_NAME
+        try:
+            store = cls(path)
+        except sqlite3.Error as exc:
+            raise _db_problem(path, exc) from None
+        try:
+            with store.conn:
+                store.conn.executescript(_SCHEMA)
+                store._add_missing_columns()
+        except sqlite3.Error as exc:
+            store.close()
+            raise _db_problem(path, exc) from None
+        except StoreError:
+            store.close()
+            raise
         return store
+
+    def _check_schema(self) -> None:
+        """Raise StoreError if tables byzbench uses exist without their key columns (another
+        program's database); missing tables are fine (created), so are missing columns
+        outside :data:`REQUIRED_COLUMNS` (added)."""
+        for table, needed in REQUIRED_COLUMNS.items():
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            lacking = [c for c in needed if c not in have]
+            if have and lacking:
+                raise StoreError(f"{self.path}: not a byzbench results database (table "
+                                 f"'{table}' lacks {', '.join(lacking)}); move it away or "
+                                 "choose another results directory (-o DIR)")
 
     def _add_missing_columns(self) -> None:
         """A database written by an older byzbench gains the columns added since (NULL in
@@ -128,12 +236,21 @@ class ResultsStore:
         if not path.exists():
             raise StoreError(f"no results database in {directory} (expected {directory / DB_NAME};"
                              f" run 'byzbench run GRID' first)")
-        store = cls(path)
-        tables = {r[0] for r in store.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"cells", "rounds"} <= tables:
+        try:
+            store = cls(path)
+        except sqlite3.Error as exc:
+            raise _db_problem(path, exc) from None
+        try:
+            tables = {r[0] for r in store.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"cells", "rounds"} <= tables:
+                raise StoreError(f"{path} is not a byzbench results database")
+        except sqlite3.Error as exc:
             store.close()
-            raise StoreError(f"{path} is not a byzbench results database")
+            raise _db_problem(path, exc) from None
+        except StoreError:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 from decimal import Decimal, getcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -416,3 +417,91 @@ def test_d_grid_files_that_cannot_run_fail_before_running(tmp_path):
     empty.write_text("name: empty\nbase: {clients: 6}\ngrid: {}\n")
     r = _dry_run(empty)
     assert r.exit_code == 0 and "warning:" in r.output and "grid: no axes" in r.output
+
+
+# ------------------------------------------------ E. the results directory
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from byzbench.cli import app
+
+    return CliRunner().invoke(app, list(map(str, args)))
+
+
+def test_e_results_directory_faults_are_one_line_exit_2(tmp_path, monkeypatch):
+    import os
+    import sqlite3
+    import subprocess
+    import time
+
+    grid = write_grid(tmp_path / "g.yaml", {"name": "e", "base": TINY_BASE,
+                                            "grid": {"seed": [0]}})
+    # a second run on a directory in use: refused, naming the holder
+    busy = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom byzbench.store import DirectoryLock\n"
+         f"with DirectoryLock({str(busy)!r}):\n    print('held', flush=True)\n"
+         "    time.sleep(60)"], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for _ in range(50):
+            if (busy / ".byzbench.lock.owner").exists():
+                break
+            time.sleep(0.1)
+        r = _cli("run", grid, "-o", busy, "-w", 1, "-q")
+        assert r.exit_code == 2, r.output
+        assert f"{busy} is in use by another byzbench run (pid {holder.pid} on " in r.output
+        assert not (busy / "results.db").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # garbage and wrong-schema databases: refused, left as they were
+    for name, make_db in (("garbage", lambda p: p.write_bytes(b"\x07" * 5000)),
+                          ("wrong", lambda p: sqlite3.connect(p).execute(
+                              "CREATE TABLE cells (x INTEGER)").connection.commit())):
+        d = tmp_path / name
+        d.mkdir()
+        make_db(d / "results.db")
+        before = (d / "results.db").read_bytes()
+        r = _cli("run", grid, "-o", d, "-w", 1, "-q")
+        assert r.exit_code == 2 and "not a byzbench results database" in r.output, r.output
+        assert "Traceback" not in r.output and (d / "results.db").read_bytes() == before
+        r = _cli("check", d, "-b", tmp_path / "none.json")
+        assert r.exit_code == 2
+    # baseline -o where it cannot be written: nothing left behind
+    ok = tmp_path / "ok"
+    assert _cli("run", grid, "-o", ok, "-w", 1, "-q").exit_code == 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = _cli("baseline", ok, "-o", blocker / "base.json")
+    assert r.exit_code == 2 and f"cannot write baseline {blocker / 'base.json'}" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))  == []
+    # a read-only results directory (as root, chmod does not stop writes: use one of the
+    # system's read-only directories when there is one)
+    readonly = next((Path(p) for p in ("/sys/kernel", "/proc/self") if Path(p).is_dir()
+                     and not _writable(Path(p))), None)
+    if readonly is not None:
+        r = _cli("run", grid, "-o", readonly, "-w", 1, "-q")
+        assert r.exit_code == 2 and "Traceback" not in r.output
+        assert f"cannot write to results directory {readonly}" in r.output
+    # a plugin that raises on import
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = write_grid(tmp_path / "p.yaml", {"name": "p", "base": TINY_BASE, "grid": {
+        "defense": ["broken_plugin:Defense"]}})
+    r = _cli("run", plugin, "-o", tmp_path / "p", "-w", 1, "-q")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "module 'broken_plugin'" in r.output and "RuntimeError: boom at import" in r.output
+    assert not (tmp_path / "p").exists()
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        (directory / ".byzbench-probe").touch()
+    except OSError:
+        return False
+    (directory / ".byzbench-probe").unlink()
+    return True
