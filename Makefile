@@ -43,13 +43,16 @@ lint: dev
 docs:
 	$(PYTHON) -m byzbench.docs
 
-# regenerate the committed reports of the main grid and the seed table (results/*/report/)
+# regenerate the committed reports of the main grid, the seed table and the backdoor grid
+# (docs/reports/: outside results/, which is the user's own)
 results: install
 	$(PYTHON) -m byzbench run configs/grid.yaml $(if $(WORKERS),--workers $(WORKERS)) --quiet
-	$(PYTHON) -m byzbench report results/grid --format md,csv,html
+	$(PYTHON) -m byzbench report results/grid -o docs/reports/grid --format md,csv,html
 	$(PYTHON) -m byzbench run configs/seed_table.yaml $(if $(WORKERS),--workers $(WORKERS)) --quiet
-	$(PYTHON) -m byzbench report results/seed_table --format md,csv,html \
-		--reference configs/references/seed_document.yaml
+	$(PYTHON) -m byzbench report results/seed_table -o docs/reports/seed_table \
+		--format md,csv,html --reference configs/references/seed_document.yaml
+	$(PYTHON) -m byzbench run configs/backdoor.yaml $(if $(WORKERS),--workers $(WORKERS)) --quiet
+	$(PYTHON) -m byzbench report results/backdoor -o docs/reports/backdoor --format md,csv,html
 
 bench: install
 	$(PYTHON) benchmarks/bench_engine.py

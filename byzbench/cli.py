@@ -298,9 +298,10 @@ def list_components(
 
     kinds = list(REGISTRIES)
     if kind is not None:
-        kind = kind.rstrip("s")
+        given = kind
+        kind = kind[:-1] if kind.endswith("s") and kind[:-1] in REGISTRIES else kind
         if kind not in REGISTRIES:
-            fail(f"unknown kind '{kind}' (allowed: {', '.join(kinds)})")
+            fail(f"unknown kind '{given}' (allowed: {', '.join(kinds)}, singular or plural)")
         kinds = [kind]
     for k in kinds:
         table = Table(title=f"{k}s", show_lines=True, title_justify="left")

@@ -183,6 +183,9 @@ def test_cli_version_list_and_dry_run(tiny_grid: Path):
     for word in ("datasets", "models", "attacks", "defenses", "digits", "fedavg", "weighting"):
         assert word in listing.output
     assert runner.invoke(app, ["list", "nope"]).exit_code == 2
+    bogus = runner.invoke(app, ["list", "bogus"])  # the name as typed, not 'bogu'
+    assert bogus.exit_code == 2 and "unknown kind 'bogus'" in bogus.output
+    assert runner.invoke(app, ["list", "attacks"]).exit_code == 0
     dry = runner.invoke(app, ["run", str(tiny_grid), "--dry-run"])
     assert dry.exit_code == 0 and "4 cells" in dry.output
 

@@ -2,7 +2,7 @@
 
     report = build_report("results/seed_table",
                           reference="configs/references/seed_document.yaml")
-    written = write_report(report, "results/seed_table/report", formats={"md", "csv"})
+    written = write_report(report, "docs/reports/seed_table", formats={"md", "csv"})
 
 ``build_report`` reads and computes (no files written); ``write_report`` draws the plots
 into the output directory when a document embeds them (md, html) and writes the files.
@@ -32,7 +32,7 @@ from byzbench.report.tables import (
 )
 
 FORMATS = ("table", "md", "csv", "html")
-DEFAULT_FORMATS = ("table", "md", "csv")
+DEFAULT_FORMATS = ("table", "md", "csv", "html")
 
 
 def parse_formats(values: Sequence[str] | None) -> list[str]:
@@ -65,6 +65,11 @@ def _header(data: ReportData) -> list[str]:
     if data.extra_axes:
         lines.append(f"extra axes (shown in brackets after the defense): "
                      f"{', '.join(data.extra_axes)}")
+    if data.not_run:
+        again = f"byzbench run {data.source}" if data.source else "byzbench run GRID"
+        lines.append(f"partial results: {data.not_run} of the grid's {data.grid_size} cells "
+                     f"have no result yet; these tables cover the other "
+                     f"{data.grid_size - data.not_run} ('{again}' runs the rest)")
     if data.stale:
         lines.append(f"{data.stale} cells of an earlier version of the grid are not reported "
                      "(their configuration is no longer in the grid file)")

@@ -21,7 +21,7 @@ def report(
         "--format", "-f", metavar="FORMAT",
         help="any of table (terminal), md (report.md + PNGs), csv (one tidy CSV per table), "
              "html (self-contained report.html); repeat or separate with commas "
-             "\\[default: table,md,csv]")] = None,
+             "\\[default: table,md,csv,html]")] = None,
     fraction: Annotated[list[str] | None, typer.Option(
         "--fraction", metavar="FRACTION", help="only these malicious fractions (0.2 or 20%; repeatable, "
                            "comma-separated)")] = None,

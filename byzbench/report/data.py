@@ -59,6 +59,9 @@ class ReportData:
     extra_axes: list[str] = field(default_factory=list)
     stale: int = 0               # cells of an earlier grid version, left out
     filters: dict[str, list[str]] = field(default_factory=dict)
+    not_run: int = 0             # cells of the registered grid with no stored result yet
+    grid_size: int = 0           # cells of the registered grid(s)
+    source: str = ""             # the grid file the run was started from
 
     @property
     def done(self) -> pd.DataFrame:
@@ -172,6 +175,9 @@ def load(results_dir: str | Path, fractions: Sequence[str] | None = None,
     keep = ~listed | in_current
     stale = int((~keep).sum())
     cells = cells[keep].copy()
+    stored = set(zip(cells["grid"], cells["cell_id"]))
+    grid_size = sum(len(ids) for ids in current.values())
+    not_run = sum(1 for g, ids in current.items() for i in ids if (g, i) not in stored)
 
     cells["attack_name"] = cells["config"].map(lambda c: c["attack"]["name"])
     cells["defense_name"] = cells["config"].map(lambda c: c["defense"]["name"])
@@ -242,7 +248,8 @@ def load(results_dir: str | Path, fractions: Sequence[str] | None = None,
         if len(grids) == 1 and meta.get("grid") == grids[0] else ""
     return ReportData(directory=directory, cells=selected, rounds=rounds, baseline=baseline,
                       grids=grids, description=description, extra_axes=extra, stale=stale,
-                      filters=filters)
+                      filters=filters, not_run=not_run, grid_size=grid_size,
+                      source=str(meta.get("source", "") or ""))
 
 
 # -- aggregation ----------------------------------------------------------------------------
