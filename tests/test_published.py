@@ -198,3 +198,19 @@ def test_every_table_entry_needs_a_source(tmp_path: Path):
                                                "metric": "asr", "value": 0.1}]}))
     with pytest.raises(ReferenceFileError, match=r"table\[0\]\.source"):
         load_reference_file(path)
+
+
+def test_paper_presets_and_reference_files_load():
+    presets = sorted((ROOT / "configs" / "papers").glob("*.yaml"))
+    assert {p.name for p in presets} >= {"fltrust.yaml", "fltrust-full.yaml"}
+    for path in presets:
+        grid = load_grid(path)
+        names = {c.config.defense.name for c in grid.cells}
+        assert {"fedavg", "krum", "trimmed_mean", "median", "fltrust"} <= names
+        for cell in grid.cells:
+            assert cell.config.malicious_fraction == 0.2
+            assert cell.config.partition.name == "bias"
+            assert cell.config.model.params == {"channels": [30, 50], "hidden": 100,
+                                                "padding": 0}
+    for path in sorted((ROOT / "configs" / "references").glob("*.yaml")):
+        load_reference_file(path)
