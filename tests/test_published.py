@@ -202,8 +202,11 @@ def test_every_table_entry_needs_a_source(tmp_path: Path):
 
 def test_paper_presets_and_reference_files_load():
     presets = sorted((ROOT / "configs" / "papers").glob("*.yaml"))
-    assert {p.name for p in presets} >= {"fltrust.yaml", "fltrust-full.yaml"}
+    assert {p.name for p in presets} >= {"fltrust.yaml", "fltrust-full.yaml",
+                                         "bucketing-full.yaml"}
     for path in presets:
+        assert load_grid(path).cells
+    for path in sorted((ROOT / "configs" / "papers").glob("fltrust*.yaml")):
         grid = load_grid(path)
         names = {c.config.defense.name for c in grid.cells}
         assert {"fedavg", "krum", "trimmed_mean", "median", "fltrust"} <= names
