@@ -144,18 +144,19 @@ class BatchedCNN(BatchedModel):
     """Two 3×3 conv + ReLU + 2×2 max-pool blocks, then a ReLU hidden layer and the output."""
 
     def __init__(self, input_shape: tuple[int, ...], channels: Sequence[int], hidden: int,
-                 num_classes: int) -> None:
+                 num_classes: int, padding: int = 1) -> None:
         if len(input_shape) != 3:
             raise ValueError(f"cnn needs image input [C, H, W], got shape {input_shape}")
         c, h, w = input_shape
         self.input_shape = input_shape
         self.channels = [c, *channels]
+        self.padding = padding
         shapes: list[tuple[int, ...]] = []
         fan_ins: list[int] = []
         for cin, cout in zip(self.channels[:-1], self.channels[1:]):
             shapes += [(cout, cin, 3, 3), (cout,)]
             fan_ins += [cin * 9, cin * 9]
-            h, w = h // 2, w // 2
+            h, w = (h + 2 * padding - 2) // 2, (w + 2 * padding - 2) // 2
         if h < 1 or w < 1:
             raise ValueError(f"input {input_shape} is too small for {len(channels)} pooling stages")
         self.flat = self.channels[-1] * h * w
@@ -172,7 +173,8 @@ class BatchedCNN(BatchedModel):
         convs = len(self.channels) - 1
         for i in range(convs):
             w, b = params[2 * i], params[2 * i + 1]
-            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), padding=1, groups=n)
+            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), padding=self.padding,
+                         groups=n)
             h = F.max_pool2d(torch.relu(h), 2)
         h = h.reshape(batch, n, -1).transpose(0, 1)  # [n, B, flat]
         w1, b1, w2, b2 = params[2 * convs:]
@@ -181,7 +183,7 @@ class BatchedCNN(BatchedModel):
     def _module(self) -> nn.Module:
         layers: list[nn.Module] = []
         for cin, cout in zip(self.channels[:-1], self.channels[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(cin, cout, 3, padding=self.padding), nn.ReLU(), nn.MaxPool2d(2)]
         layers += [nn.Flatten(), nn.Linear(self.flat, self.hidden), nn.ReLU(),
                    nn.Linear(self.hidden, self.num_classes)]
         return nn.Sequential(*layers)
@@ -224,6 +226,9 @@ class CNNParams(Params):
     channels: list[int] = Field([16, 32], min_length=1, max_length=4,
                                 description="output channels of each conv block")
     hidden: int = Field(64, ge=1, description="width of the dense hidden layer")
+    padding: int = Field(1, ge=0, le=1, description="zero padding of each 3×3 convolution: 1 keeps "
+                         "the size before pooling; 0 ('valid', as the CNN of Fang et al. and "
+                         "FLTrust: 28→26→13→11→5)")
 
 
 @MODELS.register("cnn")
@@ -234,4 +239,5 @@ class CNN(ModelSpec):
     Params: ClassVar[type[CNNParams]] = CNNParams
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> BatchedModel:
-        return BatchedCNN(input_shape, self.params.channels, self.params.hidden, num_classes)
+        return BatchedCNN(input_shape, self.params.channels, self.params.hidden, num_classes,
+                          self.params.padding)

@@ -19,6 +19,7 @@ MODELS_UNDER_TEST = [
     ("mlp", lambda: BatchedMLP(64, [32, 16], 10), (1, 8, 8)),
     ("cnn-8x8", lambda: BatchedCNN((1, 8, 8), [4, 8], 16, 10), (1, 8, 8)),
     ("cnn-cifar", lambda: BatchedCNN((3, 32, 32), [4, 8], 16, 10), (3, 32, 32)),
+    ("cnn-valid-28", lambda: BatchedCNN((1, 28, 28), [3, 5], 8, 10, padding=0), (1, 28, 28)),
 ]
 
 
@@ -121,3 +122,20 @@ def test_model_registry_builds_each_model():
         cls = MODELS.get(name)
         model = cls(cls.Params()).build((1, 8, 8), 10)
         assert model.dim > 0
+
+
+def test_cnn_padding_zero_is_the_papers_cnn_and_the_default_is_unchanged():
+    """FLTrust's / Fang et al.'s CNN: 3×3 'valid' convolutions with 30 and 50 channels, each
+    followed by 2×2 max-pooling (28 → 26 → 13 → 11 → 5), a 100-unit dense layer."""
+    cls = MODELS.get("cnn")
+    paper = cls(cls.Params(channels=[30, 50], hidden=100, padding=0)).build((1, 28, 28), 10)
+    assert paper.flat == 50 * 5 * 5
+    assert paper.dim == (30 * 9 + 30) + (50 * 30 * 9 + 50) + (100 * 1250 + 100) + (10 * 100 + 10)
+    module = paper.reference_module(paper.init(torch.Generator().manual_seed(0)))
+    assert [m.padding for m in module if isinstance(m, torch.nn.Conv2d)] == [(0, 0), (0, 0)]
+    default = cls(cls.Params()).build((1, 28, 28), 10)   # channels [16, 32], hidden 64, 'same'
+    assert cls.Params().padding == 1
+    assert default.flat == 32 * 7 * 7
+    assert default.dim == (16 * 9 + 16) + (32 * 16 * 9 + 32) + (64 * 1568 + 64) + (10 * 64 + 10)
+    with pytest.raises(ValueError, match="too small"):
+        BatchedCNN((1, 4, 4), [2, 2], 4, 10, padding=0)   # 4 → 2 → 1 → 0

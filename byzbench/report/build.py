@@ -18,8 +18,9 @@ from byzbench.report.curves import curves_frame, select_cells
 from byzbench.report.data import ReportData, ReportError, load
 from byzbench.report.model import Report
 from byzbench.report.plots import all_plots
+from byzbench.report.published import published_tables
 from byzbench.report.ranking import ranking_table
-from byzbench.report.reference import load_reference, reference_table
+from byzbench.report.reference import load_reference_file, reference_table
 from byzbench.report.tables import (
     accuracy_frame,
     accuracy_table,
@@ -82,14 +83,17 @@ def build_report(results_dir: str | Path, fractions: Sequence[str] | None = None
                  curves: Sequence[str] | None = None) -> Report:
     """Read ``results_dir`` and compute every table; raises :class:`ReportError` (the
     reference file's errors included) for input the report cannot use."""
-    claims = load_reference(reference) if reference is not None else None
+    ref = load_reference_file(reference) if reference is not None else None
     data = load(results_dir, fractions=fractions, attacks=attacks, defenses=defenses)
     comparative = comparative_frame(data)
     accuracy = accuracy_frame(data)
     chosen, why = select_cells(data, curves)
     tables = [ranking_table(data, comparative), comparative_table(data, comparative)]
-    if claims is not None:
-        tables.append(reference_table(claims[0], claims[1], comparative, reference))
+    if ref is not None and ref.claims:
+        tables.append(reference_table(ref.claims, ref.description, comparative, reference))
+    if ref is not None and (ref.table or not ref.claims):
+        tables += published_tables(ref.table, data.done, Path(reference).name
+                                   + (f" ({ref.description})" if ref.description else ""))
     tables += [accuracy_table(data), detection_table(data), backdoor_table(data),
                durability_table(data), skipped_table(data)]
     return Report(data=data, tables=tables, comparative=comparative, accuracy=accuracy,

@@ -11,6 +11,11 @@ The file is YAML::
         detection_rate: 68%                     # "68%" or 0.68
         accuracy: {value: 0.91, source: "their Table 2"}   # a claim with its own source
 
+A reference may also (or instead) hold a paper's published table under ``table:`` — one
+entry per (attack, defense) cell with its table, column, metric, value and source; those
+are compared cell by cell and by the orderings of the defenses per attack
+(:mod:`byzbench.report.published`).
+
 Metrics: detection_rate, fpr, precision, f1, accuracy (mean under attack),
 worst_accuracy, accuracy_drop, asr (backdoor), as fractions in [0, 1] or percentages
 written "68%" (accuracy_drop may be negative); agg_ms in milliseconds. Each claim is
@@ -29,7 +34,8 @@ from typing import Any
 
 import pandas as pd
 
-from byzbench.report.data import ReportError
+from byzbench.report.data import FRACTION, ReportError
+from byzbench.report.published import ENTRY_KEYS, ENTRY_REQUIRED, TABLE_METRICS, Published
 from byzbench.report.tables import DASH, NA, ReportTable, Section, pct, row_label
 from byzbench.yamlfile import load_yaml
 
@@ -50,7 +56,7 @@ _STD = {"detection_rate": "detection_rate_std", "fpr": "fpr_std",
         "precision": "precision_std", "f1": "f1_std",
         "accuracy": "accuracy_std", "worst_accuracy": "worst_accuracy_std",
         "accuracy_drop": "accuracy_drop_std", "asr": "asr_std"}
-_TOP_KEYS = ("description", "source", "defenses")
+_TOP_KEYS = ("description", "source", "defenses", "table")
 _DEFENSE_KEYS = ("claimed_as", "source")
 
 
@@ -106,8 +112,77 @@ def _value(path: Path, key: str, metric: str, raw: Any) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A parsed reference file: per-defense claims and published table entries."""
+
+    path: Path
+    claims: list[Claim]
+    description: str
+    table: list[Published]
+
+
 def load_reference(path: str | Path) -> tuple[list[Claim], str]:
     """Parse and validate a reference file: (claims, description)."""
+    ref = load_reference_file(path)
+    return ref.claims, ref.description
+
+
+def _table_entries(path: Path, raw: Any, default_source: str | None) -> list[Published]:
+    if not isinstance(raw, list):
+        _fail(path, "table", f"must be a list of published cells (got {raw!r}); an empty "
+                             "list [] says that no published value has been verified yet")
+    entries: list[Published] = []
+    for i, item in enumerate(raw):
+        where = f"table[{i}]"
+        if not isinstance(item, dict):
+            _fail(path, where, f"must be a mapping with keys {', '.join(ENTRY_REQUIRED)} "
+                               f"(got {item!r})")
+        for key in item:
+            if key not in ENTRY_KEYS:
+                _fail(path, f"{where}.{key}", f"unknown key{_suggest(str(key), ENTRY_KEYS)} "
+                                              f"(allowed: {', '.join(ENTRY_KEYS)})")
+        for key in ENTRY_REQUIRED:
+            if key not in item:
+                _fail(path, f"{where}.{key}", "missing (every published cell needs "
+                                              f"{', '.join(ENTRY_REQUIRED)} and a source)")
+        for key in ("table", "column", "attack", "defense", "claimed_as", "source"):
+            if key in item and not isinstance(item[key], str):
+                _fail(path, f"{where}.{key}", f"must be a string (got {item[key]!r})")
+        metric = item["metric"]
+        if metric not in TABLE_METRICS:
+            _fail(path, f"{where}.metric", f"unknown metric {metric!r}"
+                                           f"{_suggest(str(metric), TABLE_METRICS)} (allowed: "
+                                           f"{', '.join(TABLE_METRICS)})")
+        value = _value(path, f"{where}.value", "accuracy", item["value"])
+        source = item.get("source", default_source)
+        if not source:
+            _fail(path, f"{where}.source", "every published cell needs its source (give "
+                                           "'source' for the cell or the file)")
+        fraction = item.get(FRACTION)
+        if fraction is not None:
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                    or not 0 <= fraction < 1:
+                _fail(path, f"{where}.{FRACTION}", f"must be a fraction in [0, 1) "
+                                                   f"(got {fraction!r})")
+            fraction = float(fraction)
+        entries.append(Published(
+            table=item["table"], column=item.get("column", item["attack"]),
+            attack=item["attack"], defense=item["defense"],
+            claimed_as=item.get("claimed_as", item["defense"]), metric=metric, value=value,
+            source=str(source), fraction=fraction))
+    seen: set[tuple[str, str, str, str, float | None]] = set()
+    for i, e in enumerate(entries):
+        key = (e.table, e.column, e.defense, e.metric, e.fraction)
+        if key in seen:
+            _fail(path, f"table[{i}]", f"duplicate cell: {e.table}, {e.column}, {e.defense}, "
+                                       f"{e.metric}")
+        seen.add(key)
+    return entries
+
+
+def load_reference_file(path: str | Path) -> Reference:
+    """Parse and validate a reference file: claims per defense and published table cells."""
     path = Path(path)
     raw = load_yaml(path, ReferenceFileError, "reference file")
     if not isinstance(raw, dict):
@@ -119,10 +194,13 @@ def load_reference(path: str | Path) -> tuple[list[Claim], str]:
     default_source = raw.get("source")
     if default_source is not None and not isinstance(default_source, str):
         _fail(path, "source", f"must be a string (got {default_source!r})")
+    table = _table_entries(path, raw["table"], default_source) if "table" in raw else []
     defenses = raw.get("defenses")
-    if not isinstance(defenses, dict) or not defenses:
+    if "table" in raw and defenses is None:
+        defenses = {}
+    elif not isinstance(defenses, dict) or not defenses:
         _fail(path, "defenses", "must map defense names to their claimed values "
-                                f"(got {defenses!r})")
+                                f"(got {defenses!r}), or give a published 'table'")
     claims: list[Claim] = []
     for name, entry in defenses.items():
         where = f"defenses.{name}"
@@ -159,7 +237,7 @@ def load_reference(path: str | Path) -> tuple[list[Claim], str]:
             claims.append(Claim(str(name), str(claimed_as), str(metric), value,
                                 str(claim_source)))
     description = raw.get("description") or ""
-    return claims, str(description).strip()
+    return Reference(path, claims, str(description).strip(), table)
 
 
 def _show(kind: str, value: Any, std: Any = None) -> str:
