@@ -138,10 +138,13 @@ def run(
         return
 
     counts = {"done": 0, "skipped": 0, "failed": 0, "reused": 0}
+    # a live bar only on a terminal; redirected output (CI logs) gets plain lines instead
+    plain = not quiet and not console.is_terminal
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                        console=console, disable=quiet, transient=False)
+                        console=console, disable=quiet or plain, transient=False)
+    lines = _PlainProgress(grid.name, len(grid.cells)) if plain else None
 
     def status_text() -> str:
         return (f"[green]{counts['done']} done[/] · [yellow]{counts['skipped']} skipped[/] · "
@@ -158,6 +161,8 @@ def run(
         else:
             return
         progress.update(task, advance=1, status=status_text())
+        if lines is not None:
+            lines.update(counts)
 
     try:
         with progress:
@@ -171,6 +176,35 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+PLAIN_PROGRESS_SECONDS = 30.0  # at most one progress line this often when not on a terminal
+
+
+class _PlainProgress:
+    """Progress as plain lines, at most one every :data:`PLAIN_PROGRESS_SECONDS` and one
+    when the grid completes, for output that is not a terminal (CI logs, files)."""
+
+    def __init__(self, name: str, total: int) -> None:
+        import time
+
+        self.name, self.total, self.clock = name, total, time.monotonic
+        self.start = self.last = self.clock()
+
+    def update(self, counts: dict[str, int]) -> None:
+        finished = sum(counts.values())
+        now = self.clock()
+        if finished < self.total and now - self.last < PLAIN_PROGRESS_SECONDS:
+            return
+        self.last = now
+        elapsed = now - self.start
+        fresh = finished - counts["reused"]
+        left = self.total - finished
+        eta = f", eta {elapsed / fresh * left:.0f} s" if fresh and left else ""
+        console.print(f"{self.name}: {finished}/{self.total} cells ({counts['done']} done, "
+                      f"{counts['skipped']} skipped, {counts['failed']} failed, "
+                      f"{counts['reused']} cached), {elapsed:.0f} s{eta}",
+                      highlight=False, soft_wrap=True)
 
 
 def _cpu_count() -> int:

@@ -264,3 +264,24 @@ def test_a_results_path_that_is_a_file_is_a_clear_error(tiny_grid: Path, tmp_pat
     assert result.exit_code == 2
     assert "cannot create results directory" in result.output and str(blocker) in result.output
     assert "Traceback" not in result.output
+
+
+def test_redirected_output_gets_plain_progress_lines_at_a_bounded_rate(tiny_grid: Path,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch):
+    """CI logs see progress as plain lines (no live bar): one per interval and one at the
+    end; with a long interval only the final line appears."""
+    import byzbench.cli as cli
+
+    monkeypatch.setattr(cli, "PLAIN_PROGRESS_SECONDS", 3600.0)
+    out = runner.invoke(app, ["run", str(tiny_grid), "-o", str(tmp_path / "a"), "-w", "1"])
+    assert out.exit_code == 0
+    progress = [line for line in out.output.splitlines() if " cells (" in line]
+    assert progress == [progress[-1]] and "4/4 cells (4 done, 0 skipped, 0 failed" in \
+        progress[-1]
+    monkeypatch.setattr(cli, "PLAIN_PROGRESS_SECONDS", 0.0)
+    out = runner.invoke(app, ["run", str(tiny_grid), "-o", str(tmp_path / "b"), "-w", "1"])
+    progress = [line for line in out.output.splitlines() if " cells (" in line]
+    assert len(progress) == 4 and "1/4 cells" in progress[0]
+    quiet = runner.invoke(app, ["run", str(tiny_grid), "-o", str(tmp_path / "c"), "-q"])
+    assert not [line for line in quiet.output.splitlines() if " cells (" in line]
