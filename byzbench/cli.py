@@ -33,6 +33,7 @@ from byzbench import __version__
 from byzbench.console import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     console,
     err_console,
     fail,
@@ -173,7 +174,7 @@ def run(
         fail(str(exc))
     _print_summary(summary)
     if summary.interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_TERMINATED if summary.terminated else EXIT_INTERRUPTED)
     if summary.failed:
         raise typer.Exit(EXIT_FAILED)
 
@@ -238,7 +239,8 @@ def _print_summary(summary: Any) -> None:
         err_console.print(f"[red]failed[/] {cell.id} {escape(str(cell.axes))}: {escape(error)}",
                           highlight=False)
     if summary.interrupted:
-        err_console.print("[yellow]interrupted[/]: finished cells are saved; run the same "
+        how = "terminated (SIGTERM)" if summary.terminated else "interrupted"
+        err_console.print(f"[yellow]{how}[/]: finished cells are saved; run the same "
                           "command again to resume.")
     elif summary.skipped:
         console.print("skipped cells and their reasons: byzbench report "

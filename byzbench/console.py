@@ -2,7 +2,8 @@
 :mod:`byzbench.report.command`): the rich consoles, :func:`fail` and the exit codes.
 
 Exit codes: 0 success; 1 a cell failed (run) or a regression was found (check);
-2 unusable input (a bad grid file, a missing results directory); 130 interrupted.
+2 unusable input (a bad grid file, a missing results directory); 130 interrupted (Ctrl-C);
+143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 console = Console()
 err_console = Console(stderr=True)

@@ -54,13 +54,52 @@ def prestart_pool() -> bool:
     return True
 
 
-def init_worker(threads: int, sys_path: list[str], datasets: list[ComponentSpec]) -> None:
-    """Initializer of a local pool worker: ignore Ctrl-C (the parent handles it), take the
-    parent's ``sys.path`` and ``threads`` torch threads, load ``datasets`` before the first
-    cell."""
+PARENT_POLL_SECONDS = 0.5  # how often a worker checks that the run that started it lives
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Daemon thread of a worker: end the worker once the process that runs the grid is gone
+    (killed with SIGKILL, it cannot shut its pool down; the workers are children of the
+    forkserver, not of it, and would otherwise wait for work forever)."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if not _alive(parent):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="byzbench-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists, is ours, and is not a zombie (a killed run
+    whose own parent has not reaped it yet still answers ``kill(pid, 0)``)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or the pid now another user's
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:  # no /proc (macOS): kill(pid, 0) is all there is
+        return True
+
+
+def init_worker(threads: int, sys_path: list[str], datasets: list[ComponentSpec],
+                parent: int | None = None) -> None:
+    """Initializer of a local pool worker: ignore Ctrl-C and SIGTERM (the parent handles
+    them and ends its workers), exit when ``parent`` (the pid of the process running the
+    grid) is gone, take the parent's ``sys.path`` and ``threads`` torch threads, load
+    ``datasets`` before the first cell."""
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if parent is not None:
+        _exit_with_parent(parent)
     sys.path[:] = sys_path
     torch.set_num_threads(threads)
     preload_datasets(datasets)

@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +50,7 @@ class RunSummary:
     skipped: int = 0
     failed: list[tuple[Cell, str]] = field(default_factory=list)
     interrupted: bool = False
+    terminated: bool = False     # the interruption was SIGTERM
     wall_s: float = 0.0
 
     @property
@@ -147,6 +149,7 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | N
                 summary.failed.append((cell, result.error or "unknown error"))
             emit("end", cell, result)
 
+        restore = _sigterm_interrupts()
         try:
             if executor == "ray" and pending:
                 from byzbench.ray_executor import run_ray
@@ -157,10 +160,33 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | N
                 _run_inline(pending, emit, finish, threads or threads_per_worker(1))
             else:
                 _run_pool(pending, workers, emit, finish, threads)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             summary.interrupted = True
+            summary.terminated = isinstance(exc, Terminated)
+        finally:
+            restore()
     summary.wall_s = time.perf_counter() - started
     return summary
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a run: handled as Ctrl-C is (workers ended, finished cells kept)."""
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """Make SIGTERM raise :class:`Terminated` in the main thread for the run; returns the
+    function that restores the previous handler (a no-op off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _as_run(cell: Cell, result: CellResult) -> Cell:
@@ -188,37 +214,93 @@ def _run_inline(pending: list[Cell], emit: EventCallback,
         torch.set_num_threads(previous)
 
 
+WORKER_DIED = ("the worker process running this cell died (killed by a signal or out of "
+               "memory), also when it ran alone; the other cells ran on")
+
+
 def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
               finish: Callable[[Cell, CellResult, str | None, float], None],
               threads: int | None) -> None:
+    """Run ``pending`` on ``workers`` processes.
+
+    A worker that dies breaks the whole pool: every cell in flight fails with
+    ``BrokenProcessPool``, whichever worker died. The pool is then rebuilt and those cells
+    become *suspects*, each run again alone; a suspect that kills its worker when alone is
+    stored as failed (:data:`WORKER_DIED`), the others complete. So a worker's death costs
+    only the cell that caused it."""
     workers = min(workers, len(pending))
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
-                                   initializer=init_worker,
-                                   initargs=(threads or threads_per_worker(workers),
-                                             list(sys.path),
-                                             grid_datasets(pending)))
+    initargs = (threads or threads_per_worker(workers), list(sys.path),
+                grid_datasets(pending), os.getpid())
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
+                                   initializer=init_worker, initargs=initargs)
+
+    executor = new_pool()
     queue = list(reversed(pending))
+    suspects: list[Cell] = []        # in flight when a pool broke: each reruns alone
     running: dict[Future, tuple[Cell, float]] = {}
+    started: set[str] = set()
+
+    def submit(cell: Cell) -> bool:
+        if cell.id not in started:
+            started.add(cell.id)
+            emit("start", cell, None)
+        try:
+            running[executor.submit(execute_cell, cell)] = (cell, time.time())
+        except BrokenProcessPool:    # the pool broke since the last wait
+            suspects.append(cell)
+            return False
+        return True
+
     try:
-        # keep at most `workers` cells in flight, so "start" events are honest and an
-        # interrupt leaves nothing queued inside the pool
-        while queue or running:
-            while queue and len(running) < workers:
-                cell = queue.pop()
-                emit("start", cell, None)
-                running[executor.submit(execute_cell, cell)] = (cell, time.time())
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                cell, t0 = running.pop(future)
-                try:
-                    result, tb, t0 = future.result()
-                except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
-                    result = CellResult(status="failed", error=f"{type(exc).__name__}: {exc}")
-                    tb = traceback.format_exc()
-                finish(cell, result, tb, t0)
+        while queue or suspects or running:
+            alone = False
+            if suspects:
+                if not running:
+                    alone = submit(suspects.pop())
+            else:
+                # keep at most `workers` cells in flight, so "start" events are honest and
+                # an interrupt leaves nothing queued inside the pool
+                while queue and len(running) < workers and submit(queue.pop()):
+                    pass
+            broken = False
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    cell, t0 = running.pop(future)
+                    try:
+                        result, tb, t0 = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        if alone:           # it died running alone: its own fault
+                            finish(cell, CellResult(status="failed", error=WORKER_DIED),
+                                   None, t0)
+                        else:
+                            suspects.append(cell)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - a cell must not stop the grid
+                        result = CellResult(status="failed",
+                                            error=f"{type(exc).__name__}: {exc}")
+                        tb = traceback.format_exc()
+                    finish(cell, result, tb, t0)
+            else:
+                broken = bool(suspects)     # nothing could be submitted: the pool is broken
+            if broken:
+                for future, (cell, _) in list(running.items()):  # they died with the pool
+                    running.pop(future)
+                    suspects.append(cell)
+                _stop(executor)
+                executor = new_pool()
     except KeyboardInterrupt:
-        for process in list(getattr(executor, "_processes", {}).values()):
-            process.terminate()
-        executor.shutdown(wait=False, cancel_futures=True)
+        _stop(executor)
         raise
     executor.shutdown(wait=True)
+
+
+def _stop(executor: ProcessPoolExecutor) -> None:
+    """End a pool at once: terminate its workers, drop what is queued."""
+    processes = getattr(executor, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
