@@ -348,3 +348,31 @@ def test_cells_of_an_earlier_grid_version_are_left_out(tmp_path: Path):
     acc = pd.read_csv(tmp_path / "res" / "report" / "accuracy.csv")
     assert acc["n"].tolist() == [2]  # not 4: the two rounds=2 cells are not mixed in
     assert "2 cells of an earlier version of the grid are not reported" in result.output
+
+
+def test_plots_are_honest_at_a_glance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """One accuracy axis for every attack panel; on a log cost axis no hatched part of a bar
+    (it would not be to scale), the verification share written beside the bar instead."""
+    from byzbench.report import plots
+
+    grid = load_grid(write_grid(tmp_path / "p.yaml", {
+        "name": "p", "base": TINY_BASE,
+        "grid": {"attack": ["sign_flip", {"name": "ipm", "epsilon": 100, "label": "ipm"}],
+                 "defense": ["fedavg", "ecdsa+multikrum"], "malicious_fraction": [0.2, 0.4],
+                 "seed": [0]}}))
+    run_grid(grid, tmp_path / "res", workers=1)
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig))
+    build_report(tmp_path / "res")  # draws the plots through _save
+    from byzbench.report.build import write_report
+    write_report(build_report(tmp_path / "res"), tmp_path / "out", ["md"])
+    panels = [ax for ax in figures["accuracy_vs_fraction.png"].axes if ax.get_visible()
+              and ax.get_title().startswith("attack:")]
+    assert len(panels) == 2 and len({ax.get_ylim() for ax in panels}) == 1
+    cost = figures["aggregation_cost.png"].axes[0]
+    labels = [t.get_text() for t in cost.texts]
+    assert any("% verifying signatures" in text for text in labels)
+    if cost.get_xscale() == "log":
+        assert not [p for p in cost.patches if p.get_hatch()]
+    else:
+        assert [p for p in cost.patches if p.get_hatch()]

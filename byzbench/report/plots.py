@@ -249,6 +249,10 @@ def accuracy_lines(data: ReportData, accuracy: pd.DataFrame, styles: Styles, pat
     step = 100 * float(np.diff(fractions).min()) if len(fractions) > 1 else 10.0
     dodge = {lab: (i - (len(present) - 1) / 2) * min(0.3 * step / max(len(present), 1), 0.4)
              for i, lab in enumerate(present)}
+    low = 100 * float(np.nanmin(frame["accuracy_mean"] - frame["accuracy_std"].fillna(0)))
+    if np.isfinite(base):
+        low = min(low, 100 * base)
+    common_low = _floor_to(low, 10)
     for ax, attack in zip(axes, attacks):
         part = frame[frame["attack"].astype(str) == attack]
         for label in present:
@@ -267,10 +271,7 @@ def accuracy_lines(data: ReportData, accuracy: pd.DataFrame, styles: Styles, pat
         ax.set_title(f"attack: {attack}", fontsize=10)
         ax.set_xticks([100 * f for f in fractions])
         ax.set_xlim(100 * fractions[0] - 3, 100 * fractions[-1] + 3)
-        low = 100 * float(np.nanmin(part["accuracy_mean"] - part["accuracy_std"].fillna(0)))
-        if np.isfinite(base):
-            low = min(low, 100 * base)
-        ax.set_ylim(_floor_to(low, 10), 101)  # each panel zoomed on its own range
+        ax.set_ylim(common_low, 101)  # one accuracy axis for every panel
         ax.set_xlabel("malicious clients (%)", fontsize=9)
         ax.set_ylabel("final test accuracy (%)", fontsize=9)
         ax.grid(alpha=0.3)
@@ -278,16 +279,17 @@ def accuracy_lines(data: ReportData, accuracy: pd.DataFrame, styles: Styles, pat
         ax.set_visible(False)
     labels = [lab for lab in styles.order if lab in handles]
     _legend_below(fig, [handles[lab] for lab in labels], labels)
-    fig.suptitle("Accuracy against malicious fraction (mean ± std over seeds; each panel "
-                 "zoomed on its range)"
+    fig.suptitle("Accuracy against malicious fraction (mean ± std over seeds; one accuracy "
+                 "axis for all panels)"
                  + ("; dotted: mean accuracy without attack" if np.isfinite(base) else ""),
                  fontsize=11)
     _save(fig, path)
     return Plot("accuracy_vs_fraction", path, "Accuracy against malicious fraction",
                 "Final clean test accuracy in % against the percentage of malicious clients, "
                 "one line per defense (error bars: ± std over seeds; points offset slightly "
-                "sideways so that coinciding lines stay visible), one panel per attack, each "
-                "panel's accuracy axis zoomed on its own range; the dotted line is the mean "
+                "sideways so that coinciding lines stay visible), one panel per attack, all "
+                "panels on the same accuracy axis so they compare at a glance; the dotted "
+                "line is the mean "
                 "accuracy without attack over all defenses.")
 
 
@@ -390,21 +392,25 @@ def cost_bars(data: ReportData, styles: Styles, path: Path) -> Plot | None:
     ax.barh(y, med, xerr=err, color=[styles.color[lab] for lab in labels],
             edgecolor="black", linewidth=0.5, capsize=3, error_kw={"elinewidth": 1})
     verify = stats["verify"].to_numpy(dtype=float)
-    if np.isfinite(verify).any():
+    positive = med[med > 0]
+    log = bool(len(positive) and positive.max() / positive.min() > 30)
+    if log:
+        ax.set_xscale("log")
+    elif np.isfinite(verify).any():
+        # a part of a bar is honest only on a linear axis: on a log axis the share is told
+        # in the bar's label instead
         ax.barh(y, np.nan_to_num(verify), fill=False, hatch="///", edgecolor="#333333",
                 linewidth=0, label="of which signature verification")
         ax.legend(loc="lower right", fontsize=8, frameon=False)
-    positive = med[med > 0]
-    log = len(positive) and positive.max() / positive.min() > 30
-    if log:
-        ax.set_xscale("log")
     ends = stats["q3"].to_numpy(dtype=float)
-    for yi, value, end in zip(y, med, np.fmax(ends, med)):
+    for yi, value, end, part in zip(y, med, np.fmax(ends, med), verify):
+        share = (f" ({100 * part / value:.0f}% verifying signatures)"
+                 if np.isfinite(part) and value > 0 else "")
         ax.text(end * (1.12 if log else 1.0) + (0 if log else 0.015 * np.nanmax(ends)), yi,
-                f"{value:.3g} ms", va="center", fontsize=8)
+                f"{value:.3g} ms{share}", va="center", fontsize=8)
     ax.set_yticks(y, labels, fontsize=9)
     far = float(np.nanmax(np.fmax(ends, med)))
-    ax.set_xlim(right=far * (6 if log else 1.3))
+    ax.set_xlim(right=far * (20 if log else 1.6))
     ax.set_xlabel("aggregation time per round (ms, median; whiskers: 25–75% over cells)"
                   + (", log scale" if log else ""), fontsize=9)
     ax.grid(axis="x", alpha=0.3, which="both")
@@ -416,7 +422,9 @@ def cost_bars(data: ReportData, styles: Styles, path: Path) -> Plot | None:
                 "Median wall time of the defense's aggregation per round in ms (median over "
                 "rounds within a cell, then over the defense's cells; whiskers: 25th–75th "
                 "percentile over cells), n clients per round and d parameters in the title; "
-                "hatched: the part spent verifying signatures.")
+                "the share spent verifying signatures is written beside the bar (and "
+                "hatched inside it when the axis is linear; on a log axis a part of a bar "
+                "would not be to scale).")
 
 
 def all_plots(data: ReportData, accuracy: pd.DataFrame, curves: pd.DataFrame, why: str,
