@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from byzbench import __version__
+from byzbench.atomic import AtomicWriteError, write_text_atomic
 from byzbench.store import ResultsStore
 from byzbench.worstcase import attack_traits, worst_case
 
@@ -145,17 +145,13 @@ def write_baseline(results_dir: str | Path, out: str | Path) -> dict[str, Any]:
                             "into a fresh results directory")
     path = Path(out)
     text = json.dumps(baseline, indent=1, sort_keys=True, allow_nan=False) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)          # then renamed: a reader never sees half a baseline
-        os.replace(tmp, path)
+        write_text_atomic(path, text)  # a reader never sees half a baseline
     except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise BaselineError(f"cannot write baseline {path}: {exc.strerror or exc}") from None
+        raise BaselineError(str(exc) if isinstance(exc, AtomicWriteError)
+                            else f"cannot write baseline {path}: {exc.strerror or exc}"
+                            ) from None
     return baseline
 
 

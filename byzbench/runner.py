@@ -292,7 +292,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
                     suspects.append(cell)
                 _stop(executor)
                 executor = new_pool()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM, a store that cannot write: end the workers
         _stop(executor)
         raise
     executor.shutdown(wait=True)

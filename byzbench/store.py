@@ -292,14 +292,20 @@ class ResultsStore:
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         round_keys = ["round", *ROUND_COLUMNS]
-        with self.conn:
-            self.conn.execute("DELETE FROM rounds WHERE cell_id = ?", (cell.id,))
-            self.conn.execute(f"INSERT OR REPLACE INTO cells ({columns}) VALUES ({marks})",
-                              [_clean(v) for v in row.values()])
-            self.conn.executemany(
-                f"INSERT INTO rounds (cell_id, {', '.join(round_keys)}) "
-                f"VALUES (?, {', '.join('?' for _ in round_keys)})",
-                [[cell.id, *(_clean(r.get(k)) for k in round_keys)] for r in result.rounds])
+        try:
+            with self.conn:  # one transaction: a cell is stored whole or not at all
+                self.conn.execute("DELETE FROM rounds WHERE cell_id = ?", (cell.id,))
+                self.conn.execute(f"INSERT OR REPLACE INTO cells ({columns}) VALUES ({marks})",
+                                  [_clean(v) for v in row.values()])
+                self.conn.executemany(
+                    f"INSERT INTO rounds (cell_id, {', '.join(round_keys)}) "
+                    f"VALUES (?, {', '.join('?' for _ in round_keys)})",
+                    [[cell.id, *(_clean(r.get(k)) for k in round_keys)]
+                     for r in result.rounds])
+        except sqlite3.Error as exc:  # a full disk, a directory made read-only meanwhile
+            raise StoreError(f"cannot store cell {cell.id} in {self.path}: {exc}; the cells "
+                             "stored before it are kept, run the same command again once "
+                             "there is room") from None
 
     # -- reading ---------------------------------------------------------------------------
 

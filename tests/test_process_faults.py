@@ -156,3 +156,96 @@ def test_sigterm_or_sigkill_of_the_run_leaves_no_worker_and_nothing_lost(
     assert summary.ok and summary.reused == len(kept) and summary.done == 10 - len(kept)
     rows = _cells(out / "results.db")
     assert len(rows) == 10 and len({cid for cid, _ in rows}) == 10
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+def _no_space(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_a_run_is_one_line_and_keeps_the_cells_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The disk fills after two cells: exit 2 with one line, the two cells kept whole, and
+    a re-run (disk freed) completes the grid with no duplicate."""
+    import sqlite3 as sqlite
+
+    from typer.testing import CliRunner
+
+    from byzbench.cli import app
+    from byzbench.store import ResultsStore
+
+    grid_file = write_grid(tmp_path / "g.yaml", {"name": "g", "base": TINY_BASE,
+                                                  "grid": {"seed": [0, 1, 2, 3]}})
+    original, calls = ResultsStore.record, []
+
+    class FullDisk:
+        """The store's connection once the disk is full: every write fails."""
+
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            return self.conn.__enter__()
+
+        def __exit__(self, *exc):
+            return self.conn.__exit__(*exc)
+
+        def execute(self, *args):
+            raise sqlite.OperationalError("database or disk is full")
+
+        executemany = execute
+
+    def record(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            return original(self, *args, **kwargs)
+        conn, self.conn = self.conn, FullDisk(self.conn)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.conn = conn
+
+    monkeypatch.setattr(ResultsStore, "record", record)
+    out = CliRunner().invoke(app, ["run", str(grid_file), "-o", str(tmp_path / "res"), "-w",
+                                   "1", "-q"])
+    assert out.exit_code == 2, out.output
+    assert "database or disk is full" in out.output and "Traceback" not in out.output
+    assert "stored before it are kept" in out.output
+    assert len(_cells(tmp_path / "res" / "results.db")) == 2
+    monkeypatch.setattr(ResultsStore, "record", original)
+    summary = run_grid(load_grid(grid_file), tmp_path / "res", workers=1)
+    assert summary.reused == 2 and summary.done == 2
+    rows = _cells(tmp_path / "res" / "results.db")
+    assert len(rows) == 4 and len({cid for cid, _ in rows}) == 4
+
+
+def test_a_report_on_a_full_disk_leaves_no_truncated_file(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    """A PNG that cannot be written completely is not left behind half-written, and the
+    report says so in one line (exit 2)."""
+    from matplotlib.figure import Figure
+    from typer.testing import CliRunner
+
+    from byzbench.cli import app
+
+    grid_file = write_grid(tmp_path / "g.yaml", {"name": "g", "base": TINY_BASE,
+                                                  "grid": {"attack": ["none", "sign_flip"]}})
+    run_grid(load_grid(grid_file), tmp_path / "res", workers=1)
+    real_savefig = Figure.savefig
+
+    def half_then_full(self, fname, *args, **kwargs):
+        real_savefig(self, fname, *args, **kwargs)
+        with open(fname, "r+b") as handle:  # what a disk filling mid-write leaves
+            handle.truncate(100)
+        _no_space()
+
+    monkeypatch.setattr(Figure, "savefig", half_then_full)
+    out = CliRunner().invoke(app, ["report", str(tmp_path / "res"), "-o",
+                                   str(tmp_path / "rep"), "-f", "md"])
+    assert out.exit_code == 2, out.output
+    assert "No space left on device" in out.output and "Traceback" not in out.output
+    left = [p.name for p in (tmp_path / "rep").iterdir()] if (tmp_path / "rep").exists() else []
+    assert not [name for name in left if name.endswith(".png") or name.endswith(".tmp")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from byzbench.atomic import AtomicWriteError
 from byzbench.report import writers
 from byzbench.report.curves import curves_frame, select_cells
 from byzbench.report.data import ReportData, ReportError, load
@@ -112,14 +113,18 @@ def write_report(report: Report, out: str | Path, formats: Iterable[str]) -> lis
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"cannot create the report directory {out}: {exc.strerror}") from None
-    if formats & {"md", "html"}:
-        report.plots = all_plots(report.data, report.accuracy, report.curves,
-                                 report.curves_why, out)
-        written += [p.path for p in report.plots]
-    if "csv" in formats:
-        written += writers.write_csvs(report, out)
-    if "md" in formats:
-        written.append(writers.write_markdown(report, out / "report.md"))
-    if "html" in formats:
-        written.append(writers.write_html(report, out / "report.html"))
+    try:
+        if formats & {"md", "html"}:
+            report.plots = all_plots(report.data, report.accuracy, report.curves,
+                                     report.curves_why, out)
+            written += [p.path for p in report.plots]
+        if "csv" in formats:
+            written += writers.write_csvs(report, out)
+        if "md" in formats:
+            written.append(writers.write_markdown(report, out / "report.md"))
+        if "html" in formats:
+            written.append(writers.write_html(report, out / "report.html"))
+    except AtomicWriteError as exc:
+        done = f" ({len(written)} files written before it, each complete)" if written else ""
+        raise ReportError(f"{exc}{done}") from None
     return written

@@ -27,6 +27,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from byzbench.atomic import write_atomic
 from byzbench.report.data import FRACTION, ROW_KEYS, ReportData, micro_detection, plain_keys
 from byzbench.report.tables import frac_text, row_label, span_text
 
@@ -70,7 +71,9 @@ def _defense_order(data: ReportData) -> list[str]:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    # whole or not at all: a full disk leaves no truncated PNG behind
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, facecolor="white",
+                                               format="png"))
 
 
 def _legend_below(fig: Figure, handles: list, labels: list[str], title: str = "defense",

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from byzbench.atomic import write_atomic, write_text_atomic
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -25,14 +27,14 @@ def write_csvs(report: Report, out: Path) -> list[Path]:
     paths = []
     for table in report.tables:
         path = out / f"{table.key}.csv"
-        table.tidy.to_csv(path, index=False)
+        write_atomic(path, lambda tmp, frame=table.tidy: frame.to_csv(tmp, index=False))
         paths.append(path)
     if not report.curves.empty:
         path = out / "curves.csv"
         curves = report.curves
         if not curves["variant"].astype(str).str.len().any():
             curves = curves.drop(columns=["variant"])
-        curves.to_csv(path, index=False)
+        write_atomic(path, lambda tmp: curves.to_csv(tmp, index=False))
         paths.append(path)
     return paths
 
@@ -95,8 +97,7 @@ def render_markdown(report: Report) -> str:
 
 
 def write_markdown(report: Report, path: Path) -> Path:
-    path.write_text(render_markdown(report), encoding="utf-8")
-    return path
+    return write_text_atomic(path, render_markdown(report))
 
 
 # -- HTML -----------------------------------------------------------------------------------
@@ -166,8 +167,7 @@ def render_html(report: Report) -> str:
 
 
 def write_html(report: Report, path: Path) -> Path:
-    path.write_text(render_html(report), encoding="utf-8")
-    return path
+    return write_text_atomic(path, render_html(report))
 
 
 # -- terminal -------------------------------------------------------------------------------
