@@ -179,6 +179,16 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _plain_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A markdown table as lines, each column as wide as its widest value."""
+    widths = [max([len(c), *(len(str(r[i])) for r in rows)]) for i, c in enumerate(columns)]
+
+    def line(values: tuple[str, ...] | list[str]) -> str:
+        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(values, widths)) + " |"
+
+    return [line(columns), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
 PLAIN_PROGRESS_SECONDS = 30.0  # at most one progress line this often when not on a terminal
 
 
@@ -297,14 +307,23 @@ def check(
         result = compare(base, results_dir, tolerances)
     except (StoreError, BaselineError) as exc:
         fail(str(exc))
-    table = Table(title=f"byzbench check against {baseline_file}")
-    for col in ("cell", "metric", "baseline", "now", "delta", "verdict"):
-        table.add_column(col, justify="right" if col in ("baseline", "now", "delta") else "left")
-    style = {"regressed": "bold red", "missing value": "bold red", "improved": "green"}
-    for c in result.comparisons:
-        table.add_row(escape(c.cell), c.metric, fmt(c.baseline), fmt(c.now),
-                      fmt(c.delta, True), f"[{style.get(c.verdict, 'dim')}]{c.verdict}[/]")
-    console.print(table)
+    columns = ("cell", "metric", "baseline", "now", "delta", "verdict")
+    rows = [(c.cell, c.metric, fmt(c.baseline), fmt(c.now), fmt(c.delta, True), c.verdict)
+            for c in result.comparisons]
+    if console.is_terminal:
+        table = Table(title=f"byzbench check against {baseline_file}")
+        for col in columns:
+            table.add_column(col, justify="right" if col in ("baseline", "now", "delta")
+                             else "left")
+        style = {"regressed": "bold red", "missing value": "bold red", "improved": "green"}
+        for *cells, verdict in rows:
+            table.add_row(escape(cells[0]), *cells[1:],
+                          f"[{style.get(verdict, 'dim')}]{verdict}[/]")
+        console.print(table)
+    else:  # CI logs: a plain table, never truncated to a terminal's width
+        console.print(f"byzbench check against {baseline_file}", highlight=False)
+        for line in _plain_table(columns, rows):
+            console.print(escape(line), highlight=False, soft_wrap=True)
     for title, names in (("missing in this run", result.missing_now),
                          ("not in the baseline", result.new_cells),
                          ("configuration changed", result.config_changed),

@@ -285,3 +285,24 @@ def test_redirected_output_gets_plain_progress_lines_at_a_bounded_rate(tiny_grid
     assert len(progress) == 4 and "1/4 cells" in progress[0]
     quiet = runner.invoke(app, ["run", str(tiny_grid), "-o", str(tmp_path / "c"), "-q"])
     assert not [line for line in quiet.output.splitlines() if " cells (" in line]
+
+
+def test_report_and_check_print_whole_tables_when_not_on_a_terminal(tmp_path: Path):
+    """In a CI log (output not a terminal) tables are printed whole, as plain markdown:
+    no table split into parts at 80 columns, no truncated column in check's table."""
+    grid = write_grid(tmp_path / "g.yaml", {"name": "g", "base": TINY_BASE, "grid": {
+        "attack": ["none", "sign_flip"], "defense": ["fedavg", "median"],
+        "malicious_fraction": [0.2]}})
+    out = tmp_path / "res"
+    assert runner.invoke(app, ["run", str(grid), "-o", str(out), "-q"]).exit_code == 0
+    report = runner.invoke(app, ["report", str(out), "-f", "table"])
+    assert report.exit_code == 0
+    assert "(part 1 of" not in report.output
+    assert any(line.startswith("| rank | defense |") for line in report.output.splitlines())
+    assert runner.invoke(app, ["baseline", str(out), "-o", str(tmp_path / "b.json")]
+                         ).exit_code == 0
+    check = runner.invoke(app, ["check", str(out), "--baseline", str(tmp_path / "b.json")])
+    assert check.exit_code == 0, check.output
+    rows = [line for line in check.output.splitlines() if line.startswith("| attack=")]
+    assert rows and all("…" not in row and row.rstrip().endswith("|") for row in rows)
+    assert all("malicious_fraction=" in row and "seed=" in row for row in rows)

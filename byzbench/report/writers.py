@@ -203,7 +203,8 @@ WRAPPING = ("reason", "attacks")
 
 def print_tables(report: Report, console: Console) -> None:
     """The tables as rich tables, with their captions; a table wider than the terminal is
-    printed in parts, each repeating the first column."""
+    printed in parts, each repeating the first column. Output that is not a terminal (a CI
+    log) gets each table whole, as plain markdown lines."""
     from rich.table import Table
     from rich.text import Text
 
@@ -217,6 +218,12 @@ def print_tables(report: Report, console: Console) -> None:
         for section in table.sections:
             frame = section.frame.copy()
             frame.columns = [str(c) for c in frame.columns]
+            if not console.is_terminal:  # CI logs, files: one unsplit plain table
+                if section.title:
+                    console.print(Text(section.title, style="bold"))
+                for line in markdown_table(frame).splitlines():
+                    console.print(Text(line), soft_wrap=True)
+                continue
             groups = _column_groups(frame, console.width)
             right = dict(zip(frame.columns, numeric_columns(frame)))
             for part, columns in enumerate(groups):
