@@ -104,8 +104,8 @@ def main() -> None:
     plain = make_replies(fedavg, initial, nodes)
     base = timed(lambda: fedavg.aggregate_train(1, plain), a.repeat)
     print(f"n = {a.n}, d = {a.d}, float32, median of {a.repeat} rounds; torch threads = 1")
-    print(f"{'strategy':<22}{'round ms':>10}{'overhead ms':>13}{'defense ms':>12}")
-    print(f"{'Flower FedAvg':<22}{base * 1e3:>10.1f}{'—':>13}{'—':>12}")
+    print(f"{'strategy':<34}{'round ms':>10}{'overhead ms':>13}{'defense ms':>12}")
+    print(f"{'Flower FedAvg':<34}{base * 1e3:>10.1f}{'—':>13}{'—':>12}")
     for spec in a.specs:
         strategy = fl.RobustStrategy(spec, assumed_fraction=0.2, min_available_nodes=a.n,
                                      public_keys=public)
@@ -119,7 +119,7 @@ def main() -> None:
 
         seconds = timed(run, a.repeat)
         _, metrics = run()
-        print(f"{'RobustStrategy ' + spec:<22}{seconds * 1e3:>10.1f}"
+        print(f"{'RobustStrategy ' + spec:<34}{seconds * 1e3:>10.1f}"
               f"{(seconds - base) * 1e3:>13.1f}{metrics['byzbench.agg-ms']:>12.1f}")
 
 
