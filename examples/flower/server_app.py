@@ -38,8 +38,11 @@ def make_server_app(defense: Any = "ecdsa+multikrum", rounds: int = 5,
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(make_model().state_dict()),
                                 num_rounds=rounds, train_config=ConfigRecord({}),
                                 evaluate_fn=central)
+        names = getattr(keys, "names", {})
         for report in strategy.history:
-            print(f"round {report.server_round}: flagged nodes {report.flagged_nodes}, "
+            flagged = [f"{n} ({names[n]})" if n in names else str(n)
+                       for n in report.flagged_nodes]
+            print(f"round {report.server_round}: flagged nodes [{', '.join(flagged)}], "
                   f"rejected {report.rejected}")
         if out is not None:
             out.update(strategy=strategy, result=result,
