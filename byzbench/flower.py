@@ -400,8 +400,9 @@ class RobustStrategy(FedAvg):
         dtype = torch.float64 if layout.dtype == np.float64 else torch.float32
         updates = torch.from_numpy(np.stack(rows)).to(self.device, dtype)
         global_params = torch.from_numpy(theta).to(self.device, dtype)
-        ctx = RoundContext(round=r, client_ids=torch.tensor(ids, dtype=torch.long),
-                           num_samples=torch.tensor(samples, dtype=dtype),
+        ctx = RoundContext(round=r, client_ids=torch.tensor(ids, dtype=torch.long,
+                                                            device=self.device),
+                           num_samples=torch.tensor(samples, dtype=dtype, device=self.device),
                            f=f_rows, generator=torch_generator(self.seed, "defense", r),
                            global_params=global_params,
                            messages=headers if self.scheme is not None else None,

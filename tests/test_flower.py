@@ -338,3 +338,42 @@ def test_example_app_in_flower_simulation_flags_the_sign_flipper(fl):
     last = strategy.history[-1]
     flat = np.concatenate([final[k].numpy().reshape(-1) for k in final.keys()])
     assert np.allclose(flat, (last.global_params + last.verdict.aggregate).numpy(), atol=1e-6)
+
+
+def _all_defenses():
+    from byzbench.registry import DEFENSES
+    return sorted(DEFENSES.names()) if hasattr(DEFENSES, "names") else []
+
+
+@pytest.mark.parametrize("name", _all_defenses())
+def test_every_registered_defense_runs_as_a_strategy(fl, name):
+    """With keys for the signing defenses and a root-data hook for FLTrust, every registered
+    defense aggregates a Flower round of 12 replies."""
+    nodes = list(range(31, 43))
+    names = {n: f"k{n}" for n in nodes}
+    kwargs: dict = {}
+    signer = None
+    if name in ("ecdsa", "signguard", "pipeline"):
+        d, pub = _keys(fl, list(names.values()))
+        kwargs["public_keys"] = {n: pub[names[n]] for n in nodes}
+        signer = {n: fl.load_private_key(Path(d) / f"{names[n]}.key") for n in nodes}
+    if name == "fltrust":
+        kwargs["server_update"] = lambda arrays, r: arrays
+    strategy = fl.RobustStrategy(name, f=2, min_available_nodes=12, **kwargs)
+
+    def make(m):
+        node = m.metadata.dst_node_id
+
+        def train(msg, c):
+            return reply(msg, honest(msg, node))
+
+        if signer is None:
+            return train(m, None)
+        from flwr.app import Context, RecordDict
+        ctx = Context(run_id=1, node_id=node, node_config={}, state=RecordDict(),
+                      run_config={})
+        return fl.signing_mod(lambda c: (names[node], signer[node]))(m, ctx, train)
+
+    new, metrics = one_round(strategy, initial_arrays(), nodes, make)
+    assert metrics["byzbench.rows"] == 12 and metrics["byzbench.rejected"] == 0
+    assert new is not None or metrics["byzbench.skipped"] == 1, strategy.history[-1].skipped
