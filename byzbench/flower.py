@@ -171,12 +171,15 @@ def _num_examples(content: RecordDict, key: str) -> float:
 
 
 def reply_row(layout: Layout, global_flat: np.ndarray, content: RecordDict,
-              arrayrecord_key: str = "arrays") -> np.ndarray:
-    """A reply's arrays as one update row, or :class:`ReplyError`."""
+              arrayrecord_key: str = "arrays", out: np.ndarray | None = None) -> np.ndarray:
+    """A reply's arrays as one update row (written into ``out`` [d] when given), or
+    :class:`ReplyError`. Per key, ``local − global`` in the layout's dtype: the same
+    numbers as :func:`update_row`."""
     record = _find_arrays(content, arrayrecord_key)
     if tuple(record.keys()) != layout.keys:
         raise ReplyError("wrong_keys", f"{list(record.keys())[:5]}…")
-    local: dict[str, np.ndarray] = {}
+    row = np.empty(layout.dim, dtype=layout.dtype) if out is None else out
+    at = 0
     for key, shape in zip(layout.keys, layout.shapes):
         try:
             value = record[key].numpy()
@@ -186,8 +189,10 @@ def reply_row(layout: Layout, global_flat: np.ndarray, content: RecordDict,
             raise ReplyError("wrong_shape", f"{key}: {tuple(value.shape)} != {shape}")
         if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
             raise ReplyError("bad_dtype", f"{key}: {value.dtype}")
-        local[key] = value
-    row = update_row(layout, global_flat, local)
+        size = value.size
+        np.subtract(value.reshape(-1).astype(layout.dtype, copy=False),
+                    global_flat[at:at + size], out=row[at:at + size])
+        at += size
     if not np.isfinite(row).all():
         raise ReplyError("nonfinite")
     return row
@@ -355,6 +360,7 @@ class RobustStrategy(FedAvg):
             raise RuntimeError("aggregate_train before configure_train: the strategy does not "
                                "know the global arrays of this round")
         layout, theta = self._layout, self._global
+        matrix = np.empty((len(replies), layout.dim), dtype=layout.dtype)
         rows: list[np.ndarray] = []
         nodes: list[int] = []
         samples: list[float] = []
@@ -367,7 +373,8 @@ class RobustStrategy(FedAvg):
                 if msg.has_error():
                     raise ReplyError("error_reply", str(msg.error.reason))
                 content = msg.content
-                row = reply_row(layout, theta, content, self.arrayrecord_key)
+                row = reply_row(layout, theta, content, self.arrayrecord_key,
+                                out=matrix[len(rows)])
                 count = _num_examples(content, self.weighted_by_key)
             except ReplyError as exc:
                 rejected[node] = exc.reason
@@ -398,7 +405,7 @@ class RobustStrategy(FedAvg):
             log.warning("byzbench: round %d not aggregated: %s", server_round, reason)
             return None, self._metrics(report, good)
         dtype = torch.float64 if layout.dtype == np.float64 else torch.float32
-        updates = torch.from_numpy(np.stack(rows)).to(self.device, dtype)
+        updates = torch.from_numpy(matrix[:len(rows)]).to(self.device, dtype)
         global_params = torch.from_numpy(theta).to(self.device, dtype)
         ctx = RoundContext(round=r, client_ids=torch.tensor(ids, dtype=torch.long,
                                                             device=self.device),
