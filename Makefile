@@ -37,7 +37,7 @@ test: dev
 	$(PYTHON) -m pytest -q
 
 lint: dev
-	$(PYTHON) -m ruff check byzbench tests benchmarks
+	$(PYTHON) -m ruff check byzbench tests benchmarks examples
 
 # regenerate the component tables of README.md and docs/*.md from the registry (byzbench/docs.py)
 docs:
