@@ -66,6 +66,7 @@ from byzbench.config import ConfigError, grid_from_dict
 from byzbench.crypto import (
     PublicKeyRegistry,
     SignedMessage,
+    low_s,
     signed_bytes,
     update_digests,
     verify_signature,
@@ -502,10 +503,12 @@ def scheme_of(key: Any) -> str:
 
 
 def _sign(key: PrivateKey, data: bytes) -> bytes:
+    """The client's signature of ``data``; ECDSA in low-S form, the only form the server
+    accepts (byzbench.crypto: the malleated high-S twin is rejected)."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(data)
     from cryptography.hazmat.primitives import hashes
-    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    return low_s(key.sign(data, ec.ECDSA(hashes.SHA256())))
 
 
 def signing_mod(load_key: KeyLoader) -> Callable[[Message, Context, Callable], Message]:
