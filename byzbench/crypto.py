@@ -98,9 +98,15 @@ class _KeyPair:
         self.public = self._private.public_key()
 
     def sign(self, data: bytes) -> bytes:
-        if self.scheme == "ecdsa-p256":
-            return low_s(self._private.sign(data, _ECDSA))
-        return self._private.sign(data)
+        return sign_bytes(self._private, data)
+
+
+def sign_bytes(private_key: object, data: bytes) -> bytes:
+    """A client's signature of ``data`` with an Ed25519 or ECDSA P-256 private key; ECDSA in
+    low-S form, the only form :func:`verify_signature` accepts."""
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        return private_key.sign(data)
+    return low_s(private_key.sign(data, _ECDSA))  # type: ignore[attr-defined]
 
 
 def low_s(signature: bytes) -> bytes:

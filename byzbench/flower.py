@@ -66,7 +66,7 @@ from byzbench.config import ConfigError, grid_from_dict
 from byzbench.crypto import (
     PublicKeyRegistry,
     SignedMessage,
-    low_s,
+    sign_bytes,
     signed_bytes,
     update_digests,
     verify_signature,
@@ -502,15 +502,6 @@ def scheme_of(key: Any) -> str:
     raise TypeError(f"unsupported key type {type(key).__name__}")
 
 
-def _sign(key: PrivateKey, data: bytes) -> bytes:
-    """The client's signature of ``data``; ECDSA in low-S form, the only form the server
-    accepts (byzbench.crypto: the malleated high-S twin is rejected)."""
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key.sign(data)
-    from cryptography.hazmat.primitives import hashes
-    return low_s(key.sign(data, ec.ECDSA(hashes.SHA256())))
-
-
 def signing_mod(load_key: KeyLoader) -> Callable[[Message, Context, Callable], Message]:
     """A ClientApp mod that signs each train reply's update with the client's key, over
     the simulator's canonical message (client id, round, nonce, SHA-256 of the float32
@@ -539,7 +530,7 @@ def signing_mod(load_key: KeyLoader) -> Callable[[Message, Context, Callable], M
         _, key = load_key(context)
         reply.content[SIGNATURE_RECORD] = ConfigRecord({
             "client-id": cid, "round": rnd, "nonce": nonce,
-            "signature": _sign(key, signed_bytes(cid, rnd, nonce, digest))})
+            "signature": sign_bytes(key, signed_bytes(cid, rnd, nonce, digest))})
         return reply
 
     return mod
@@ -556,7 +547,7 @@ def enroll_handler(load_key: KeyLoader) -> Callable[[Message, Context], Message]
     def handler(msg: Message, context: Context) -> Message:
         nonce = bytes(msg.content["challenge"]["nonce"])
         name, key = load_key(context)
-        sig = _sign(key, _enroll_bytes(int(context.node_id), nonce))
+        sig = sign_bytes(key, _enroll_bytes(int(context.node_id), nonce))
         return Message(RecordDict({"enroll": ConfigRecord({"name": name, "signature": sig})}),
                        reply_to=msg)
 
