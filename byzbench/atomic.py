@@ -10,7 +10,12 @@ from pathlib import Path
 
 
 class AtomicWriteError(OSError):
-    """A file could not be written; nothing was left at its path."""
+    """A file could not be written; nothing was left at its path. ``reason`` is the
+    operating system's (e.g. "No space left on device")."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -27,7 +32,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise AtomicWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise AtomicWriteError(path, str(exc.strerror or exc)) from None
     return path
 
 

@@ -179,16 +179,6 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _plain_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """A markdown table as lines, each column as wide as its widest value."""
-    widths = [max([len(c), *(len(str(r[i])) for r in rows)]) for i, c in enumerate(columns)]
-
-    def line(values: tuple[str, ...] | list[str]) -> str:
-        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(values, widths)) + " |"
-
-    return [line(columns), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
 PLAIN_PROGRESS_SECONDS = 30.0  # at most one progress line this often when not on a terminal
 
 
@@ -321,8 +311,12 @@ def check(
                           f"[{style.get(verdict, 'dim')}]{verdict}[/]")
         console.print(table)
     else:  # CI logs: a plain table, never truncated to a terminal's width
+        import pandas as pd
+
+        from byzbench.report.writers import markdown_table
+
         console.print(f"byzbench check against {baseline_file}", highlight=False)
-        for line in _plain_table(columns, rows):
+        for line in markdown_table(pd.DataFrame(rows, columns=list(columns))).splitlines():
             console.print(escape(line), highlight=False, soft_wrap=True)
     for title, names in (("missing in this run", result.missing_now),
                          ("not in the baseline", result.new_cells),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from byzbench import __version__
+from byzbench.atomic import AtomicWriteError, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,15 +148,12 @@ class DirectoryLock:
                 "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(os.path.basename(a) if i == 0 else a
                                     for i, a in enumerate(sys.argv))}
-        tmp = self.directory / f"{OWNER_NAME}.{os.getpid()}.tmp"
         try:
-            tmp.write_text(json.dumps(info))
-            os.replace(tmp, self.directory / OWNER_NAME)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            write_text_atomic(self.directory / OWNER_NAME, json.dumps(info))
+        except AtomicWriteError as exc:
             lock.release()
             raise StoreError(f"cannot write to results directory {self.directory}: "
-                             f"{exc.strerror or exc}") from None
+                             f"{exc.reason}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
