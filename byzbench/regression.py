@@ -176,33 +176,32 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     if grids is not None and not (isinstance(grids, list)
                                   and all(isinstance(g, str) for g in grids)):
         raise BaselineError(f"{path}: grids: expected a list of grid names (got {grids!r})")
-    seen: dict[str, int] = {}
-    for i, cell in enumerate(data["cells"]):
-        if not (isinstance(cell, dict) and isinstance(cell.get("axes"), dict)
-                and isinstance(cell.get("metrics"), dict) and "cell_id" in cell):
-            raise BaselineError(f"{path}: cells[{i}] needs 'cell_id', 'axes' and 'metrics'")
-        _check_metrics(path, f"cells[{i}]", cell["metrics"], METRICS)
-        key = axes_key(cell["axes"])
-        if key in seen:
-            raise BaselineError(f"{path}: cells[{i}] repeats the axes of cells[{seen[key]}] "
-                                f"({label(cell['axes'])}): one entry per cell")
-        seen[key] = i
+    _check_entries(path, "cells", data["cells"], METRICS, ("cell_id",), "one entry per cell")
     worst = data.get("worst_case")
     if worst is not None:
         if not isinstance(worst, list):
             raise BaselineError(f"{path}: worst_case: expected a list of entries")
-        seen = {}
-        for i, entry in enumerate(worst):
-            if not (isinstance(entry, dict) and isinstance(entry.get("axes"), dict)
-                    and isinstance(entry.get("metrics"), dict)):
-                raise BaselineError(f"{path}: worst_case[{i}] needs 'axes' and 'metrics'")
-            _check_metrics(path, f"worst_case[{i}]", entry["metrics"], WORST_METRICS)
-            key = axes_key(entry["axes"])
-            if key in seen:
-                raise BaselineError(f"{path}: worst_case[{i}] repeats the axes of "
-                                    f"worst_case[{seen[key]}] ({label(entry['axes'])})")
-            seen[key] = i
+        _check_entries(path, "worst_case", worst, WORST_METRICS, (),
+                       "one entry per defense and fraction")
     return data
+
+
+def _check_entries(path: Path, name: str, entries: list[Any], allowed: Mapping[str, Any],
+                   keys: tuple[str, ...], unique: str) -> None:
+    """Each of ``entries`` (the baseline's list ``name``) is a mapping with ``axes``,
+    ``metrics`` (finite, known) and ``keys``, and no two share their axes."""
+    needed = ", ".join(f"'{k}'" for k in (*keys, "axes")) + " and 'metrics'"
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and isinstance(entry.get("axes"), dict)
+                and isinstance(entry.get("metrics"), dict) and all(k in entry for k in keys)):
+            raise BaselineError(f"{path}: {name}[{i}] needs {needed}")
+        _check_metrics(path, f"{name}[{i}]", entry["metrics"], allowed)
+        key = axes_key(entry["axes"])
+        if key in seen:
+            raise BaselineError(f"{path}: {name}[{i}] repeats the axes of {name}[{seen[key]}] "
+                                f"({label(entry['axes'])}): {unique}")
+        seen[key] = i
 
 
 def _check_metrics(path: Path, where: str, metrics: Mapping[str, Any],
