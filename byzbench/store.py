@@ -206,12 +206,16 @@ class ResultsStore:
             raise
         return store
 
+    def _columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (empty when it does not exist)."""
+        return {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+
     def _check_schema(self) -> None:
         """Raise StoreError if tables byzbench uses exist without their key columns (another
         program's database); missing tables are fine (created), so are missing columns
         outside :data:`REQUIRED_COLUMNS` (added)."""
         for table, needed in REQUIRED_COLUMNS.items():
-            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            have = self._columns(table)
             lacking = [c for c in needed if c not in have]
             if have and lacking:
                 raise StoreError(f"{self.path}: not a byzbench results database (table "
@@ -222,7 +226,7 @@ class ResultsStore:
         """A database written by an older byzbench gains the columns added since (NULL in
         its earlier rows), so resuming it keeps every result."""
         for table, columns in (("cells", SUMMARY_COLUMNS), ("rounds", ROUND_COLUMNS)):
-            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            have = self._columns(table)
             for name, sql_type in columns.items():
                 if name not in have:
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
