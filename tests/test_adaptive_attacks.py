@@ -358,3 +358,10 @@ def test_every_aware_attack_runs_a_cell_against_krum_and_a_pipeline():
         result = run_cell(cell.config)
         assert result.status == "done", (cell.axes, result.error)
         assert all(r["finite"] for r in result.rounds)
+
+
+def test_threat_levels_follow_fangs_three_levels():
+    assert make("fang_krum").threat_level == "full"
+    assert make("alie_opt", knowledge="partial").threat_level == "partial"
+    assert make("alie", knowledge="full").threat_level == "agnostic"  # the rule unknown
+    assert make("sign_flip").threat_level == "agnostic"

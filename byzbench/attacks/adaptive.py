@@ -212,14 +212,16 @@ class _StrengthSearch(Attack):
         """The full matrix with the malicious rows at strength ``x`` (None: x invalid)."""
         raise NotImplementedError
 
-    def prepare(self, updates: torch.Tensor, ctx: AttackContext) -> None:
-        """Per-round statistics computed once, before the search."""
+    def prepare(self, ref: torch.Tensor, mu: torch.Tensor, ctx: AttackContext) -> None:
+        """Per-round statistics, computed once before the search from the benign reference
+        rows ``ref`` and their mean ``mu``."""
 
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         oracle = require_oracle(ctx, self.name)
         base = hypothetical(updates, ctx)
-        self.prepare(updates, ctx)
-        mu = reference_rows(updates, ctx).mean(dim=0)
+        ref = reference_rows(updates, ctx)
+        mu = ref.mean(dim=0)
+        self.prepare(ref, mu, ctx)
 
         def score(x: float) -> float:
             rows = self.rows(base, ctx, x)
@@ -256,10 +258,9 @@ class ALIEOpt(_StrengthSearch):
         z = self.params.z
         return z if z is not None else alie_z(ctx.n, ctx.f)
 
-    def prepare(self, updates: torch.Tensor, ctx: AttackContext) -> None:
-        ref = reference_rows(updates, ctx)
+    def prepare(self, ref: torch.Tensor, mu: torch.Tensor, ctx: AttackContext) -> None:
         sign = -1.0 if self.params.direction == "minus" else 1.0
-        self._mean, self._dir = ref.mean(dim=0), sign * column_std(ref, self.params.unbiased)
+        self._mean, self._dir = mu, sign * column_std(ref, self.params.unbiased)
 
     def rows(self, updates: torch.Tensor, ctx: AttackContext, x: float) -> torch.Tensor:
         return put_rows(updates, malicious_mask(ctx, updates.device), self._mean + x * self._dir)
@@ -283,8 +284,8 @@ class IPMOpt(_StrengthSearch):
     def plain(self, ctx: AttackContext) -> float:
         return self.params.epsilon
 
-    def prepare(self, updates: torch.Tensor, ctx: AttackContext) -> None:
-        self._mean = reference_rows(updates, ctx).mean(dim=0)
+    def prepare(self, ref: torch.Tensor, mu: torch.Tensor, ctx: AttackContext) -> None:
+        self._mean = mu
 
     def rows(self, updates: torch.Tensor, ctx: AttackContext, x: float) -> torch.Tensor:
         return put_rows(updates, malicious_mask(ctx, updates.device), -x * self._mean)
@@ -353,7 +354,7 @@ class Adaptive(_StrengthSearch):
     def plain(self, ctx: AttackContext) -> float:
         return 0.0  # t = 0: the wrapped attack's own strength
 
-    def prepare(self, updates: torch.Tensor, ctx: AttackContext) -> None:
+    def prepare(self, ref: torch.Tensor, mu: torch.Tensor, ctx: AttackContext) -> None:
         self._x0 = self.inner.plain_strength(ctx)
         self._state = ctx.generator.get_state()
 
@@ -416,10 +417,8 @@ class _Tailored(_Shejwalkar):
         p_ = self.params
         mal = malicious_mask(ctx, updates.device)
         base = hypothetical(updates, ctx)
-        benign = reference_rows(updates, ctx)
-        _, agnostic = self.search(benign, updates.dtype)
-        b = benign.to(torch.float64)
-        mean, direction = b.mean(dim=0), self.perturbation(b, p_.perturbation)
+        b, mean, direction = self.setting(reference_rows(updates, ctx))
+        _, agnostic = self.search_in(b, mean, direction, updates.dtype)
         result = SearchResult(0.0, -math.inf)
 
         def score(gamma: float) -> float:

@@ -261,12 +261,19 @@ class _Shejwalkar(Attack):
         # round through the output dtype, so the constraint holds for what is actually sent
         return (mean + gamma * p).to(dtype).to(mean.dtype)
 
+    def setting(self, benign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the benign rows in float64, their mean μ, the perturbation p)."""
+        b = benign.to(torch.float64)
+        return b, b.mean(dim=0), self.perturbation(b, self.params.perturbation)
+
     def search(self, benign: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, float]:
         """The paper's γ search; returns (malicious update in float64, γ)."""
+        return self.search_in(*self.setting(benign), out_dtype)
+
+    def search_in(self, b: torch.Tensor, mean: torch.Tensor, p: torch.Tensor,
+                  out_dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+        """:meth:`search` on the :meth:`setting` of the benign rows."""
         p_ = self.params
-        b = benign.to(torch.float64)
-        mean = b.mean(dim=0)
-        p = self.perturbation(b, p_.perturbation)
         # a relative margin of 1e-12 absorbs summation-order rounding between this and any
         # other evaluation of the same distances
         limit = self.threshold(self.squared_distances(b)) * (1 - 1e-12)
