@@ -299,8 +299,9 @@ class RobustStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Any) -> Iterable[Message]:
-        self._layout = Layout.of(numpy_arrays(arrays))
-        self._global = self._layout.flatten(numpy_arrays(arrays))
+        global_arrays = numpy_arrays(arrays)
+        self._layout = Layout.of(global_arrays)
+        self._global = self._layout.flatten(global_arrays)
         self._round = server_round
         self._num_nodes = max(self._num_nodes, len(list(grid.get_node_ids())))
         messages = list(super().configure_train(server_round, arrays, config, grid))
@@ -432,7 +433,7 @@ class RobustStrategy(FedAvg):
 
     def _metrics(self, report: RoundReport, good: list[Message]) -> MetricRecord:
         metrics = MetricRecord()
-        flagged = [n for n in report.node_ids if n in set(report.flagged_nodes)]
+        flagged = set(report.flagged_nodes)
         try:  # the clients' own metrics, averaged as FedAvg does, over the accepted replies
             kept = [m.content for m in good if int(m.metadata.src_node_id) not in flagged]
             if kept:
