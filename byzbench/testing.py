@@ -337,28 +337,19 @@ def check_attack(cls: type[Attack], params: Mapping[str, Any] | None = None, *,
         x = torch.rand(12, 1, 8, 8, generator=g)
         y = torch.randint(0, 10, (12,), generator=g)
         x0, y0 = x.clone(), y.clone()
-        runs = [build().poison_data(x, y, torch.Generator().manual_seed(seed))
-                for _ in range(2)]
-        if not (torch.equal(x, x0) and torch.equal(y, y0)):
-            raise _fail(who, "poison_data", "changed its inputs in place")
-        (px, py), (qx, qy) = runs
-        if px.shape[1:] != x.shape[1:] or px.shape[0] != py.shape[0]:
-            raise _fail(who, "poison_data", "must return samples shaped like the input, "
-                                            "one label each")
-        if not (torch.equal(px, qx) and torch.equal(py, qy)):
-            raise _fail(who, "poison_data", "differs between two runs with the same seed")
         owner = torch.arange(12) % 3
-        runs = [build().poison_client_data(x, y, owner, torch.Generator().manual_seed(seed))
-                for _ in range(2)]
-        if not (torch.equal(x, x0) and torch.equal(y, y0)):
-            raise _fail(who, "poison_client_data", "changed its inputs in place")
-        (px, py), (qx, qy) = runs
-        if px.shape[1:] != x.shape[1:] or px.shape[0] != py.shape[0]:
-            raise _fail(who, "poison_client_data", "must return samples shaped like the "
-                                                   "input, one label each")
-        if not (torch.equal(px, qx) and torch.equal(py, qy)):
-            raise _fail(who, "poison_client_data", "differs between two runs with the same "
-                                                   "seed")
+        hooks = {"poison_data": lambda a, gen: a.poison_data(x, y, gen),
+                 "poison_client_data": lambda a, gen: a.poison_client_data(x, y, owner, gen)}
+        for hook, call in hooks.items():
+            runs = [call(build(), torch.Generator().manual_seed(seed)) for _ in range(2)]
+            if not (torch.equal(x, x0) and torch.equal(y, y0)):
+                raise _fail(who, hook, "changed its inputs in place")
+            (px, py), (qx, qy) = runs
+            if px.shape[1:] != x.shape[1:] or px.shape[0] != py.shape[0]:
+                raise _fail(who, hook, "must return samples shaped like the input, "
+                                       "one label each")
+            if not (torch.equal(px, qx) and torch.equal(py, qy)):
+                raise _fail(who, hook, "differs between two runs with the same seed")
     else:
         keys = ClientKeyring(range(n))
         messages, _ = keys.sign_round(list(range(n)), 0, b"conformance", updates)
