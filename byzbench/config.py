@@ -98,6 +98,55 @@ class ServerConfig(_Strict):
     lr: float = Field(1.0, gt=0, description="server learning rate: θ ← θ + lr · aggregate")
 
 
+class SecAggConfig(_Strict):
+    """Fixed-point encoding and masking graph of secure aggregation (Bonawitz et al., CCS
+    2017; SecAgg+ of Bell et al., CCS 2020)."""
+
+    range: float = Field(1.0, gt=0, description="each coordinate is clipped to [-range, range] "
+                                                "before quantization")
+    bits: int = Field(32, ge=8, le=62, description="masks and sums live mod 2^bits")
+    fraction_bits: int | None = Field(
+        None, ge=1, le=52, description="fixed-point precision (None: the most that keeps the "
+                                       "sum of every client's range below 2^(bits-1))")
+    degree: int | None = Field(
+        None, ge=1, description="SecAgg+ neighbours per client (None: O(log n) as in Bell et "
+                                "al.); ignored by plain SecAgg, whose graph is complete")
+
+
+class DPConfig(_Strict):
+    """DP-FedAvg (McMahan et al., ICLR 2018): clip each update to L2 norm ``clip`` and add
+    Gaussian noise of standard deviation ``sigma · clip``, at the server (``central``, after
+    the defense) or at each client (``local``, before the defense sees the update)."""
+
+    mode: Literal["none", "central", "local"] = "none"
+    clip: float = Field(1.0, gt=0, description="per-client L2 clipping norm C")
+    sigma: float | None = Field(None, gt=0, description="noise multiplier (noise std = sigma·C)")
+    epsilon: float | None = Field(None, gt=0, description="target ε of the whole run at delta "
+                                                          "(the accountant finds sigma)")
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sigma_or_epsilon(self) -> DPConfig:
+        if self.mode == "none":
+            return self
+        if (self.sigma is None) == (self.epsilon is None):
+            raise ValueError(f"privacy.dp.mode '{self.mode}' needs exactly one of sigma "
+                             f"(noise multiplier) or epsilon (target for the run)")
+        return self
+
+
+class PrivacyConfig(_Strict):
+    """What the cell does for the clients' privacy: secure aggregation and/or DP."""
+
+    secure_aggregation: Literal["none", "secagg", "secagg+"] = "none"
+    secagg: SecAggConfig = SecAggConfig()
+    dp: DPConfig = DPConfig()
+
+    @property
+    def active(self) -> bool:
+        return self.secure_aggregation != "none" or self.dp.mode != "none"
+
+
 class CellConfig(_Strict):
     """Everything one simulation needs; every field has a default."""
 
@@ -111,6 +160,7 @@ class CellConfig(_Strict):
     server: ServerConfig = ServerConfig()
     eval_every: int = Field(5, ge=1, description="evaluate every k rounds (and the last)")
     malicious_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    privacy: PrivacyConfig = PrivacyConfig()
     attack: ComponentSpec = ComponentSpec(name="none")
     defense: ComponentSpec = ComponentSpec(name="fedavg")
     seed: int = Field(0, ge=0)
@@ -144,6 +194,9 @@ class CellConfig(_Strict):
         """The resolved configuration that defines the cell's results: no labels, and none
         of the execution settings (device, client_chunk), which do not change the numbers."""
         data = self.model_dump(mode="json", exclude=set(EXECUTION_FIELDS))
+        if not self.privacy.active:
+            # cells without privacy keep the ids they had before the privacy block existed
+            del data["privacy"]
         for key in COMPONENT_FIELDS:
             data[key].pop("label", None)
         return data
@@ -151,6 +204,11 @@ class CellConfig(_Strict):
     def cell_id(self) -> str:
         text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# settings blocks whose sub-settings may be grid axes by dotted path
+SUB_BLOCKS: dict[str, type[BaseModel]] = {
+    "local": LocalConfig, "server": ServerConfig, "privacy": PrivacyConfig}
 
 
 class Cell(_Strict):
@@ -375,11 +433,21 @@ class _Resolver:
             if key not in params and key not in ("name", "label"):
                 self.fail(f"grid.{path}", f"{head} '{spec.name}' has no parameter '{key}'"
                           f"{_suggest(key, params)}", allowed=", ".join(params) or "none")
-        elif head in ("local", "server"):
-            sub = fields[head].annotation.model_fields  # type: ignore[union-attr]
-            if rest not in sub:
-                self.fail(f"grid.{path}", f"unknown setting '{rest}' of {head}"
-                          f"{_suggest(rest, sub)}", allowed=", ".join(sub))
+        elif head in SUB_BLOCKS:
+            model: type[BaseModel] = SUB_BLOCKS[head]
+            keys = rest.split(".")
+            for depth, key in enumerate(keys):
+                sub = model.model_fields
+                if key not in sub:
+                    owner = ".".join([head, *keys[:depth]])
+                    self.fail(f"grid.{path}", f"unknown setting '{key}' of {owner}"
+                              f"{_suggest(key, sub)}", allowed=", ".join(sub))
+                inner = sub[key].annotation
+                if depth < len(keys) - 1:
+                    if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+                        self.fail(f"grid.{path}", f"'{'.'.join([head, *keys[:depth + 1]])}' "
+                                  f"has no sub-settings")
+                    model = inner
         else:
             self.fail(f"grid.{path}", f"'{head}' has no sub-settings")
 
@@ -415,11 +483,20 @@ class _Resolver:
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = tuple(err["loc"])
+            if (only is not None and err["type"] == "value_error"
+                    and 0 < len(loc) < len(only.split(".")) and
+                    list(map(str, loc)) == only.split(".")[:len(loc)]):
+                # a rule across settings of an enclosing block (privacy.dp.mode needs sigma
+                # or epsilon): another axis may supply the rest, so it is checked per cell
+                return None  # type: ignore[return-value]
             if err["type"] == "extra_forbidden":
                 key = str(loc[-1])
                 model: type[BaseModel] = CellConfig
-                if len(loc) > 1 and loc[0] in ("local", "server"):
-                    model = CellConfig.model_fields[str(loc[0])].annotation  # type: ignore
+                for part in loc[:-1]:
+                    inner = model.model_fields[str(part)].annotation
+                    if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+                        break
+                    model = inner
                 self.fail(_fmt_loc(where, loc), f"unknown setting{_suggest(key, model.model_fields)}",
                           allowed=", ".join(model.model_fields))
             place = where if only else _fmt_loc(where, loc)

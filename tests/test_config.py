@@ -174,3 +174,27 @@ def test_plugin_path_resolves_a_user_class():
     assert g.cells[0].config.defense.params["weighting"] == "samples"
     msg = error_of(grid(grid={"defense": ["no_such_module_xyz:Thing"]}))
     assert "cannot import module 'no_such_module_xyz'" in msg
+
+
+def test_privacy_block_axes_by_dotted_path_and_ids_of_cells_without_privacy_unchanged():
+    plain = grid_from_dict(grid(grid={"seed": [0]})).cells[0]
+    # a cell without privacy hashes exactly as before the privacy block existed
+    assert "privacy" not in plain.config.identity()
+    g = grid_from_dict(grid(grid={"privacy.dp.mode": ["none", "central"],
+                                  "privacy.dp.epsilon": [8.0, 1.0],
+                                  "privacy.secure_aggregation": ["none", "secagg+"]}))
+    assert len(g.cells) == 8 and len({c.id for c in g.cells}) == 8
+    central = [c for c in g.cells if c.config.privacy.dp.mode == "central"]
+    assert {c.config.privacy.dp.epsilon for c in central} == {8.0, 1.0}
+    assert all("privacy" in c.config.identity() for c in central)
+
+
+def test_privacy_mistakes_name_the_key_and_what_is_allowed():
+    msg = error_of(grid(grid={"privacy.dp.epsilonn": [1.0]}))
+    assert "grid.privacy.dp.epsilonn" in msg and "did you mean 'epsilon'" in msg
+    msg = error_of(grid(grid={"privacy.secure_aggregation": ["secagg", "bogus"]}))
+    assert "grid.privacy.secure_aggregation[1]" in msg and "'secagg+'" in msg
+    msg = error_of(grid(grid={"privacy.dp.mode": ["central"]}))
+    assert "privacy.dp" in msg and "sigma" in msg and "epsilon" in msg
+    msg = error_of(grid(base={**TINY_BASE, "privacy": {"dp": {"mode": "local", "sigmaa": 1}}}))
+    assert "base.privacy.dp.sigmaa" in msg and "allowed: mode, clip, sigma" in msg
