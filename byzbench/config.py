@@ -464,10 +464,15 @@ class _Resolver:
                     if shown:
                         label += "(" + ",".join(f"{k}={v}" for k, v in shown.items()) + ")"
             return label, spec.model_dump()
+        label = value
+        if path in SUB_BLOCKS and isinstance(value, dict):
+            # a whole block as one axis entry, e.g. privacy: [{label: central-8, dp: {...}}]
+            value = dict(value)
+            label = value.pop("label", None) or json.dumps(value, sort_keys=True)
         probe = copy.deepcopy(base)
         _set_path(probe, path, copy.deepcopy(value))
         self.validate_cell(probe, where, only=path)
-        return value, value
+        return label, value
 
     def validate_cell(self, raw: dict[str, Any], where: str, only: str | None = None
                       ) -> CellConfig:

@@ -180,10 +180,19 @@ def test_privacy_block_axes_by_dotted_path_and_ids_of_cells_without_privacy_unch
     plain = grid_from_dict(grid(grid={"seed": [0]})).cells[0]
     # a cell without privacy hashes exactly as before the privacy block existed
     assert "privacy" not in plain.config.identity()
-    g = grid_from_dict(grid(grid={"privacy.dp.mode": ["none", "central"],
+    g = grid_from_dict(grid(grid={"privacy.dp.mode": ["local", "central"],
                                   "privacy.dp.epsilon": [8.0, 1.0],
                                   "privacy.secure_aggregation": ["none", "secagg+"]}))
     assert len(g.cells) == 8 and len({c.id for c in g.cells}) == 8
+    # the mode 'none' cells of such a product would all be one configuration: say so
+    assert "same configuration" in error_of(grid(grid={"privacy.dp.mode": ["none", "local"],
+                                                       "privacy.dp.epsilon": [8.0, 1.0]}))
+    # a whole block per axis entry, with a label, lists just the settings wanted
+    g = grid_from_dict(grid(grid={"privacy": [
+        {"label": "none"}, {"label": "secagg+", "secure_aggregation": "secagg+"},
+        {"label": "central ε=8", "dp": {"mode": "central", "epsilon": 8}}]}))
+    assert [c.axes["privacy"] for c in g.cells] == ["none", "secagg+", "central ε=8"]
+    assert g.cells[2].config.privacy.dp.epsilon == 8 and not g.cells[0].config.privacy.active
     central = [c for c in g.cells if c.config.privacy.dp.mode == "central"]
     assert {c.config.privacy.dp.epsilon for c in central} == {8.0, 1.0}
     assert all("privacy" in c.config.identity() for c in central)
