@@ -188,11 +188,12 @@ def test_privacy_block_axes_by_dotted_path_and_ids_of_cells_without_privacy_unch
     assert "same configuration" in error_of(grid(grid={"privacy.dp.mode": ["none", "local"],
                                                        "privacy.dp.epsilon": [8.0, 1.0]}))
     # a whole block per axis entry, with a label, lists just the settings wanted
-    g = grid_from_dict(grid(grid={"privacy": [
+    blocks = grid_from_dict(grid(grid={"privacy": [
         {"label": "none"}, {"label": "secagg+", "secure_aggregation": "secagg+"},
         {"label": "central ε=8", "dp": {"mode": "central", "epsilon": 8}}]}))
-    assert [c.axes["privacy"] for c in g.cells] == ["none", "secagg+", "central ε=8"]
-    assert g.cells[2].config.privacy.dp.epsilon == 8 and not g.cells[0].config.privacy.active
+    assert [c.axes["privacy"] for c in blocks.cells] == ["none", "secagg+", "central ε=8"]
+    assert blocks.cells[2].config.privacy.dp.epsilon == 8
+    assert not blocks.cells[0].config.privacy.active
     central = [c for c in g.cells if c.config.privacy.dp.mode == "central"]
     assert {c.config.privacy.dp.epsilon for c in central} == {8.0, 1.0}
     assert all("privacy" in c.config.identity() for c in central)
