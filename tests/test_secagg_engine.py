@@ -135,6 +135,9 @@ def test_plaintext_defenses_are_skipped_end_to_end(tmp_path: Path):
     assert rows["krum"].startswith("skipped: secure aggregation: krum needs each client's "
                                    "plaintext update")
     assert secagg_ms[0] == 2 * TINY_BASE["rounds"]
+    dry = runner.invoke(app, ["run", str(grid), "--dry-run"], env={"COLUMNS": "400"})
+    assert dry.exit_code == 0 and "skipped (why)" in dry.output
+    assert "secure aggregation: krum needs" in dry.output
     strict = runner.invoke(app, ["run", str(grid), "-o", str(tmp_path / "s"), "--strict"])
     assert strict.exit_code == 2 and "secure aggregation: krum" in strict.output
     report = runner.invoke(app, ["report", str(out)])
