@@ -12,6 +12,7 @@ import pytest
 import typer
 import yaml
 from helpers import TINY_BASE, write_grid
+from scipy.stats import norm
 from typer.testing import CliRunner
 
 from byzbench.config import load_grid
@@ -241,6 +242,10 @@ def test_bucketing_reference_entries_come_from_the_authors_files_and_match_the_p
             assert (cfg.local.steps, cfg.local.lr) == (1, 1.0)
             if cfg.defense.name == "centered_clipping":
                 assert cfg.defense.params["tau"] == 10.0
+            if cfg.attack.name == "alie":
+                # the authors' z (codes/attacks/alittle.py): s = ⌊25/2 + 1⌋ − 5 = 8,
+                # Φ⁻¹((25 − 5 − 8)/(25 − 5)) = Φ⁻¹(0.6)
+                assert cfg.attack.params["z"] == pytest.approx(norm.ppf(0.6), abs=1e-4)
     scaled = load_grid(ROOT / "configs" / "papers" / "bucketing.yaml").cells[0].config
     assert scaled.dataset.name == "fashion_mnist"
 
