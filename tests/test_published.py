@@ -12,6 +12,7 @@ import pytest
 import typer
 import yaml
 from helpers import TINY_BASE, write_grid
+from scipy.stats import norm
 from typer.testing import CliRunner
 
 from byzbench.config import load_grid
@@ -203,7 +204,7 @@ def test_every_table_entry_needs_a_source(tmp_path: Path):
 def test_paper_presets_and_reference_files_load():
     presets = sorted((ROOT / "configs" / "papers").glob("*.yaml"))
     assert {p.name for p in presets} >= {"fltrust.yaml", "fltrust-full.yaml",
-                                         "bucketing-full.yaml"}
+                                         "bucketing.yaml", "bucketing-full.yaml"}
     for path in presets:
         assert load_grid(path).cells
     for path in sorted((ROOT / "configs" / "papers").glob("fltrust*.yaml")):
@@ -217,3 +218,59 @@ def test_paper_presets_and_reference_files_load():
                                                 "padding": 0}
     for path in sorted((ROOT / "configs" / "references").glob("*.yaml")):
         load_reference_file(path)
+
+
+def test_bucketing_reference_entries_come_from_the_authors_files_and_match_the_presets():
+    ref = yaml.safe_load((ROOT / "configs" / "references" / "bucketing.yaml").read_text())
+    entries = ref["table"]
+    assert len(entries) == 41          # 9 from exp2.tex (mimic), 32 from exp3.csv (4 attacks)
+    for e in entries:
+        assert "epfml/byzantine-robust-noniid-optimizer@0e27349" in e["source"]
+        assert ("exp2" in e["source"]) == (e["attack"] == "mimic")
+        assert e["metric"] == "accuracy"
+    for name in ("bucketing.yaml", "bucketing-full.yaml"):
+        grid = load_grid(ROOT / "configs" / "papers" / name)
+        pairs = {(c.axes["attack"], c.axes["defense"]) for c in grid.cells}
+        missing = {(e["attack"], e["defense"]) for e in entries} - pairs
+        assert not missing, (name, missing)
+        for cell in grid.cells:
+            cfg = cell.config
+            assert (cfg.clients, cfg.malicious_fraction) == (25, 0.2)
+            assert cfg.partition.name == "shards"
+            # one step with local lr 1: the client sends its gradient, so CClip's τ = 10 is
+            # in the authors' gradient units and the server lr is their step size
+            assert (cfg.local.steps, cfg.local.lr) == (1, 1.0)
+            if cfg.defense.name == "centered_clipping":
+                assert cfg.defense.params["tau"] == 10.0
+            if cfg.attack.name == "alie":
+                # the authors' z (codes/attacks/alittle.py): s = ⌊25/2 + 1⌋ − 5 = 8,
+                # Φ⁻¹((25 − 5 − 8)/(25 − 5)) = Φ⁻¹(0.6)
+                assert cfg.attack.params["z"] == pytest.approx(norm.ppf(0.6), abs=1e-4)
+    scaled = load_grid(ROOT / "configs" / "papers" / "bucketing.yaml").cells[0].config
+    assert scaled.dataset.name == "fashion_mnist"
+
+
+def _bucketing_reference_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bucketing_reference", ROOT / "benchmarks" / "bucketing_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bucketing_reference_script_reads_tables_and_applies_the_authors_rule():
+    mod = _bucketing_reference_module()
+    tex = ("\\begin{tabular}{lcc}\n\\toprule\nAggr& \\iid& {\\noniid}\\\\\\midrule\n"
+           "\\textsc{Avg} & $93.20\\!\\pm\\!0.21$ & $92.73\\!\\pm\\!0.32$ \\\\\n"
+           "\\krum & $90.36\\!\\pm\\!0.25$ & $37.33\\!\\pm\\!6.78$ \\\\\n\\bottomrule\n")
+    assert mod.exp2_noniid(tex) == {"Avg": 92.73, "KRUM": 37.33}
+    # seed 0: evaluations 10..70 → the last 5 are 30..70, mean 50; seed 1: 60 → 60
+    # (fewer than 5); momentum-0.9 rows are ignored; mean over seeds: 55
+    lines = ["Iterations,Accuracy (%),ATK,AGG,$\\beta$,seed,s"]
+    lines += [f"{30 * i},{10 * i},BF,KRUM,0.0,0,0" for i in range(7, 0, -1)]
+    lines += ["30,60,BF,KRUM,0.0,1,0", "600,99,BF,KRUM,0.9,0,0"]
+    table = mod.exp3_table("\n".join(lines))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["mean"] == pytest.approx(55.0) and row["count"] == 2
