@@ -46,3 +46,20 @@ def reference_search_in(attack, b: torch.Tensor, mean: torch.Tensor, p: torch.Te
         if good > 0 and abs(good - gamma) <= p_.tolerance * good:
             break
     return attack.candidate(mean, p, good, out_dtype), good
+
+
+def reference_put_rows(updates: torch.Tensor, mask: torch.Tensor, new: torch.Tensor
+                       ) -> torch.Tensor:
+    """``put_rows`` before: one broadcasting ``torch.where`` over the ``[n, d]`` matrix."""
+    new = new.to(updates.dtype)
+    if new.dim() == 1:
+        new = new.unsqueeze(0)
+    return torch.where(mask.unsqueeze(1), new, updates)
+
+
+def reference_reference_rows(updates: torch.Tensor, ctx) -> torch.Tensor:
+    """``reference_rows`` before: boolean-mask indexing."""
+    ref = ctx.reference.to(updates.device)
+    if not bool(ref.any()):
+        ref = ctx.malicious.to(updates.device)
+    return updates[ref]

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_kernels import reference_column_std, reference_search_in
+from reference_kernels import (
+    reference_column_std,
+    reference_put_rows,
+    reference_reference_rows,
+    reference_search_in,
+)
 
-from byzbench.attacks._common import column_std
+from byzbench.attacks._common import column_std, put_rows, reference_rows
 from byzbench.attacks.base import AttackContext
 from byzbench.attacks.model import _QuadraticSearch
 from byzbench.defenses.base import Verdict
@@ -68,6 +73,31 @@ def test_column_std_small_k_by_hand():
     # k = 1: no spread observable (torch.std would give NaN)
     assert torch.equal(column_std(two[:1]), torch.zeros(3))
     assert torch.equal(reference_column_std(two[:1]), torch.zeros(3))
+
+
+# ------------------------------------------------------------------ row placement
+
+
+def test_put_rows_and_reference_rows_match_the_masked_versions():
+    g = torch.Generator().manual_seed(4)
+    updates = torch.randn(9, 13, generator=g)
+    updates[3, 2] = float("nan")
+    for malicious in ([0], [2, 3, 8], list(range(9)), []):
+        ctx = ctx_for(9, malicious)
+        mask = ctx.malicious
+        row = torch.randn(13, generator=g, dtype=torch.float64)  # cast to the rows' dtype
+        full = torch.randn(9, 13, generator=g)
+        for new in (row, full, row[None, :].float(), full[0].expand(9, 13)):
+            ours = put_rows(updates, mask, new)
+            assert torch.equal(ours.isnan(), reference_put_rows(updates, mask, new).isnan())
+            assert torch.equal(ours.nan_to_num(), reference_put_rows(updates, mask, new
+                                                                     ).nan_to_num())
+            assert ours.dtype == updates.dtype and updates[3, 2].isnan()  # input untouched
+        for knowledge in ("full", "partial"):
+            ctx = ctx_for(9, malicious, knowledge)
+            if bool(ctx.reference.any() or ctx.malicious.any()):
+                assert torch.equal(reference_rows(updates, ctx).nan_to_num(),
+                                   reference_reference_rows(updates, ctx).nan_to_num())
 
 
 # ------------------------------------------------------------- min-max / min-sum search
@@ -147,3 +177,17 @@ def test_quadratic_scalars_by_hand():
     assert quad.decide(1.7) is True and quad.decide(1.75) is False
     gamma = make("minmax", grow=False, gamma_init=2.0).search_in(b, mean, p, torch.float64)[1]
     assert 3 ** 0.5 * (1 - 1e-4) <= gamma <= 3 ** 0.5
+
+
+def test_alie_row_is_bitwise_the_formula_on_torch_std_inputs():
+    # μ + (sign·z)·σ computed in place must round exactly as the expression did
+    rows = random_rows(11, k=20, d=500)
+    for direction, sign in (("minus", -1.0), ("plus", 1.0)):
+        attack = make("alie", direction=direction)
+        out = attack.poison_updates(rows, ctx_for(20, [0, 1, 2, 3]))
+        honest = rows[4:]
+        std = honest - honest.mean(dim=0)
+        std = (std.square().sum(dim=0) / 15).sqrt()
+        assert torch.equal(out[0], honest.mean(dim=0) + sign * attack.last_z * std)
+        assert torch.allclose(out[0], honest.mean(dim=0) + sign * attack.last_z
+                              * honest.std(dim=0), rtol=0, atol=1e-5 * float(std.max()))

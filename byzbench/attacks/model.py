@@ -12,6 +12,7 @@ import math
 from statistics import NormalDist
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -174,7 +175,9 @@ class ALIE(Attack):
         self.last_z = z
         ref = reference_rows(updates, ctx)
         sign = -1.0 if p.direction == "minus" else 1.0
-        mal_update = ref.mean(dim=0) + sign * z * column_std(ref, p.unbiased)
+        mean = ref.mean(dim=0)
+        # in place on the fresh std: μ + (sign·z)·σ, the same operations and roundings
+        mal_update = column_std(ref, p.unbiased, mean).mul_(sign * z).add_(mean)
         return put_rows(updates, malicious_mask(ctx, updates.device), mal_update)
 
 
@@ -231,7 +234,9 @@ class _QuadraticSearch:
     float64 rounding error of both this and the direct evaluation (dot-product error
     ≤ (d + 2)·ε·Σ|terms|, Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1),
     and of the candidate's rounding through the output dtype; else it returns None and
-    the direct ``[k, d]`` evaluation decides. All scalars are float64."""
+    the direct ``[k, d]`` evaluation decides. All scalars are float64; the per-step
+    arithmetic on the k values runs in numpy (a step is ~15 operations on k numbers, where
+    torch's per-operation overhead would dominate)."""
 
     BLOCK: ClassVar[int] = 2048  # columns of b − μ formed at a time
 
@@ -270,6 +275,7 @@ class _QuadraticSearch:
         scalars = (self.limit_hi, self.limit_lo, self.pp, self.mean_norm, self.p_inf)
         self.enabled = (all(math.isfinite(x) for x in scalars)
                         and bool(torch.isfinite(self.a).all() and torch.isfinite(self.q).all()))
+        self.a_np, self.q_np, self.r_np = (t.cpu().numpy() for t in (self.a, self.q, self.r))
 
     def decide(self, gamma: float) -> bool | None:
         """Whether γ satisfies the constraint, or None when rounding could flip the answer.
@@ -282,15 +288,17 @@ class _QuadraticSearch:
         g = abs(gamma)
         if self.mean_inf + g * self.p_inf > self.out_max / 4:
             return None  # the candidate may overflow in the output dtype
-        quad = self.a - 2 * gamma * self.q + gamma * gamma * self.pp
         # e bounds ‖candidate − (μ + γp)‖: μ + γp in float64, then in the output dtype
         e = 2 * (self.out_eps + 2 * self.eps) * (self.mean_norm + 2 * g * self.p_norm)
-        verdict = self.verdict(quad, self.r + g * self.p_norm, e)
-        if verdict is not None:
-            return verdict
-        v = self.attack.candidate(self.mean, self.p, gamma, self.out_dtype) - self.mean
-        vv = float(v @ v)
-        return self.verdict(self.a - 2 * self.centred(v)[1] + vv, self.r + math.sqrt(vv), 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            quad = self.a_np - 2 * gamma * self.q_np + gamma * gamma * self.pp
+            verdict = self.verdict(quad, self.r_np + g * self.p_norm, e)
+            if verdict is not None:
+                return verdict
+            v = self.attack.candidate(self.mean, self.p, gamma, self.out_dtype) - self.mean
+            vv = float(v @ v)
+            cv = self.centred(v)[1].cpu().numpy()
+            return self.verdict(self.a_np - 2 * cv + vv, self.r_np + math.sqrt(vv), 0.0)
 
     def centred(self, v: torch.Tensor, gram: bool = False
                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -306,7 +314,7 @@ class _QuadraticSearch:
             cv.addmv_(block, v[start:start + self.BLOCK])
         return cc, cv
 
-    def verdict(self, quad: torch.Tensor, reach: torch.Tensor, e: float) -> bool | None:
+    def verdict(self, quad: np.ndarray, reach: np.ndarray, e: float) -> bool | None:
         """Compare the objective of the squared distances ``quad`` (each within rounding
         of ``reach``², off by a vector of norm ≤ ``e``) with the threshold's bracket."""
         band = 2 * reach * e + e * e + 4 * (2 * self.rounding + 8 * self.eps) * (reach + e) ** 2
@@ -343,7 +351,7 @@ class _Shejwalkar(Attack):
             return -mean / norm_ if norm_ > 0 else torch.zeros_like(mean)
         if kind == "sign":
             return -torch.sign(mean)
-        return -column_std(benign, unbiased=True)
+        return column_std(benign, unbiased=True, mean=mean).neg_()
 
     @staticmethod
     def squared_distances(benign: torch.Tensor) -> torch.Tensor:
