@@ -11,8 +11,10 @@ import math
 import torch
 
 
-def reference_column_std(rows: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """``torch.std`` over dim 0 (zeros for a single row, as the attacks treat it)."""
+def reference_column_std(rows: torch.Tensor, unbiased: bool = True,
+                         mean: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.std`` over dim 0 (zeros for a single row, as the attacks treat it); ``mean``
+    is accepted for the fast kernel's signature and unused."""
     if rows.shape[0] < 2:
         return torch.zeros_like(rows[0])
     return rows.std(dim=0, correction=1 if unbiased else 0)
