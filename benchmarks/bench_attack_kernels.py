@@ -19,6 +19,14 @@ side in one run (interleaved repeats, medians, one torch thread).
     poison_updates, per round.
 (4) the same cell under each other update attack: time inside poison_updates per round
     (oracle calls included for the defense-aware ones) and its share of the cell.
+
+Numbers unchanged: benchmarks/attack_kernels_grid.yaml (the changed attacks × fedavg,
+median, krum) run with the code before (commit 330ec15) and after, then compared:
+
+    git archive 330ec15 | tar -x -C /tmp/base
+    (cd /tmp/base && PYTHONPATH=. python3 -m byzbench run $OLDPWD/benchmarks/attack_kernels_grid.yaml -o /tmp/old -w 2 -q)
+    python3 -m byzbench run benchmarks/attack_kernels_grid.yaml -o /tmp/new -w 2 -q
+    python3 benchmarks/compare_results.py /tmp/old /tmp/new
 """
 
 from __future__ import annotations
