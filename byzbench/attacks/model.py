@@ -9,6 +9,7 @@ clients' own honestly-computed updates under ``knowledge: partial``.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from statistics import NormalDist
 from typing import ClassVar, Literal
 
@@ -129,6 +130,7 @@ class Gaussian(Attack):
 # ------------------------------------------------------------------- statistical attacks
 
 
+@lru_cache(maxsize=1024)  # called every round with the same (n, f)
 def alie_z(n: int, f: int) -> float:
     """Baruch et al.'s z_max: s = ⌊n/2 + 1⌋ − f supporters needed, z = Φ⁻¹((n − s)/n).
 
