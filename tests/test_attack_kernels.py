@@ -167,6 +167,19 @@ def test_non_finite_and_overflowing_inputs_take_the_direct_path(name):
     assert gamma == ref_gamma and torch.equal(out, ref_out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_search_is_identical_on_tiny_updates_that_round_to_subnormals(dtype):
+    # float16 rounds below 6.1e-5 with an absolute error (subnormals): the band covers it
+    for seed in range(12):
+        rows = random_rows(seed, k=9, d=64) * (1e-5 if dtype == torch.float16 else 1e-36)
+        for name in ("minmax", "minsum"):
+            attack = make(name, perturbation=("unit", "sign", "std")[seed % 3])
+            setting = attack.setting(rows.to(dtype))
+            out, gamma = attack.search_in(*setting, dtype)
+            ref_out, ref_gamma = reference_search_in(attack, *setting, dtype)
+            assert gamma == ref_gamma and torch.equal(out, ref_out), (seed, name)
+
+
 def test_quadratic_scalars_by_hand():
     # b = [[0, 0], [2, 0]], μ = [1, 0], p = [0, 1]: ‖b_i − μ − γp‖² = 1 + γ²
     b = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)

@@ -256,6 +256,12 @@ class _QuadraticSearch:
         self.out_eps = max(torch.finfo(out_dtype).eps, eps)
         self.out_max = torch.finfo(out_dtype).max
         self.slack = 4 * (k + 4) * eps  # reductions over k values, and the 1 − 1e-12 margin
+        out, f64 = torch.finfo(out_dtype), torch.finfo(torch.float64)
+        # absolute terms for gradual underflow: a subnormal rounds with an absolute error
+        # (≤ one subnormal spacing per coordinate), not a relative one
+        self.subnormal = math.sqrt(d) * (out.smallest_normal * out.eps
+                                         + f64.smallest_normal * f64.eps)
+        self.floor = 4 * (d + k + 4) * f64.smallest_normal
         self.b, self.mean, self.p, self.out_dtype = b, mean, p, out_dtype
         gram, self.q = self.centred(p, gram=True)
         self.a = gram.diagonal().clone()
@@ -267,7 +273,7 @@ class _QuadraticSearch:
         self.r = self.a.clamp(min=0).sqrt()
         pairwise = self.a[:, None] + self.a[None, :] - 2 * gram
         reach = self.r[:, None] + self.r[None, :]
-        band = 4 * (2 * self.rounding + 6 * eps) * reach.square()
+        band = 4 * (2 * self.rounding + 6 * eps) * reach.square() + self.floor
         hi = float(attack.threshold(pairwise + band))
         lo = float(attack.threshold(pairwise - band))
         self.limit_hi = hi * (1 - 1e-12) + self.slack * abs(hi)
@@ -291,7 +297,8 @@ class _QuadraticSearch:
         if self.mean_inf + g * self.p_inf > self.out_max / 4:
             return None  # the candidate may overflow in the output dtype
         # e bounds ‖candidate − (μ + γp)‖: μ + γp in float64, then in the output dtype
-        e = 2 * (self.out_eps + 2 * self.eps) * (self.mean_norm + 2 * g * self.p_norm)
+        e = (2 * (self.out_eps + 2 * self.eps) * (self.mean_norm + 2 * g * self.p_norm)
+             + 2 * self.subnormal)
         with np.errstate(over="ignore", invalid="ignore"):
             quad = self.a_np - 2 * gamma * self.q_np + gamma * gamma * self.pp
             verdict = self.verdict(quad, self.r_np + g * self.p_norm, e)
@@ -319,7 +326,8 @@ class _QuadraticSearch:
     def verdict(self, quad: np.ndarray, reach: np.ndarray, e: float) -> bool | None:
         """Compare the objective of the squared distances ``quad`` (each within rounding
         of ``reach``², off by a vector of norm ≤ ``e``) with the threshold's bracket."""
-        band = 2 * reach * e + e * e + 4 * (2 * self.rounding + 8 * self.eps) * (reach + e) ** 2
+        band = (2 * reach * e + e * e + 4 * (2 * self.rounding + 8 * self.eps) * (reach + e) ** 2
+                + self.floor)
         hi = float(self.attack.objective(quad + band))
         lo = float(self.attack.objective(quad - band))
         hi, lo = hi + self.slack * abs(hi), lo - self.slack * abs(lo)
