@@ -48,7 +48,8 @@ def hypothetical(updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
     own = updates[malicious_mask(ctx, updates.device)]
     honest = ~malicious_mask(ctx, updates.device)
     noise = randn(tuple(updates.shape), ctx.generator, updates)
-    surrogate = own.mean(dim=0) + column_std(own) * noise
+    mean = own.mean(dim=0)
+    surrogate = mean + column_std(own, mean=mean) * noise
     return torch.where(honest.unsqueeze(1), surrogate, updates)
 
 

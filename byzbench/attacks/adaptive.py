@@ -171,7 +171,7 @@ class FangTrim(Attack):
         mean = ref.mean(dim=0)
         up = mean < 0  # the model moves down: push up
         if partial:
-            sd = column_std(ref)
+            sd = column_std(ref, mean=mean)
             lo = torch.where(up, mean + 3 * sd, mean - 4 * sd)
             return lo, lo + sd
         w_max, w_min = ref.max(dim=0).values, ref.min(dim=0).values
@@ -260,7 +260,7 @@ class ALIEOpt(_StrengthSearch):
 
     def prepare(self, ref: torch.Tensor, mu: torch.Tensor, ctx: AttackContext) -> None:
         sign = -1.0 if self.params.direction == "minus" else 1.0
-        self._mean, self._dir = mu, sign * column_std(ref, self.params.unbiased)
+        self._mean, self._dir = mu, sign * column_std(ref, self.params.unbiased, mu)
 
     def rows(self, updates: torch.Tensor, ctx: AttackContext, x: float) -> torch.Tensor:
         return put_rows(updates, malicious_mask(ctx, updates.device), self._mean + x * self._dir)
