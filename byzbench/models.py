@@ -164,6 +164,10 @@ class BatchedCNN(BatchedModel):
         shapes += [(hidden, self.flat), (hidden,), (num_classes, hidden), (num_classes,)]
         fan_ins += [self.flat, self.flat, hidden, hidden]
         super().__init__(shapes, fan_ins)
+        self._scratch: dict[str, torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_scratch": {}}   # scratch buffers are not state
 
     def forward(self, W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n, batch = x.shape[0], x.shape[1]
@@ -179,6 +183,120 @@ class BatchedCNN(BatchedModel):
         h = h.reshape(batch, n, -1).transpose(0, 1)  # [n, B, flat]
         w1, b1, w2, b2 = params[2 * convs:]
         return _linear(torch.relu(_linear(h, w1, b1)), w2, b2)
+
+    def _buffer(self, key: str, shape: tuple[int, ...], like: torch.Tensor,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A scratch tensor kept between calls: a fresh multi-hundred-MB allocation costs
+        more in page faults than the arithmetic that fills it (CPU allocations are not cached)."""
+        dtype = dtype or like.dtype
+        buf = self._scratch.get(key)
+        if buf is None or buf.numel() < math.prod(shape) or buf.dtype != dtype \
+                or buf.device != like.device:
+            buf = torch.empty(math.prod(shape), dtype=dtype, device=like.device)
+            self._scratch[key] = buf
+        return buf[:math.prod(shape)].view(shape)
+
+    def loss_grad(self, W: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                  weights: torch.Tensor) -> torch.Tensor:
+        """Analytic backward pass, each convolution as batched GEMMs over clients.
+
+        Activations are channels-last and each convolution is one ``baddbmm`` of its
+        input patches (im2col) by the client's kernel, computed only at the positions that
+        2×2 pooling keeps. Pooling is the elementwise maximum of the four window slots and
+        comes before the ReLU (max∘relu = relu∘max). The first convolution orders its
+        patches slot-major, so the slots are contiguous blocks; the others order them
+        spatially, so that their input gradient is nine GEMMs (one per tap) each added to a
+        shifted block of the input. The backward pass sends each pooled gradient to the
+        first maximal slot in row-major order, as ``max_pool2d`` does, so the gradient
+        equals autograd's through :meth:`forward` up to float rounding, ties included.
+        """
+        n, batch = x.shape[0], x.shape[1]
+        params = self.unflatten(W)
+        convs = len(self.channels) - 1
+        pad = self.padding
+        h = x.permute(0, 1, 3, 4, 2)                     # channels-last [n, B, H, W, C]
+        saved = []
+        for i in range(convs):
+            cin, cout = self.channels[i], self.channels[i + 1]
+            w, b = params[2 * i], params[2 * i + 1]
+            H, Wd = h.shape[2] + 2 * pad, h.shape[3] + 2 * pad
+            if pad:
+                hp = self._buffer(f"pad{i}", (n, batch, H, Wd, cin), x)
+                hp.zero_()
+                hp[:, :, pad:H - pad, pad:Wd - pad].copy_(h)
+            else:
+                hp = h.contiguous()
+            hq, wq = (H - 2) // 2, (Wd - 2) // 2
+            rows = 4 * batch * hq * wq
+            sN, sB, sH, sW = hp.stride()[:4]
+            if i == 0:   # rows (slot row, slot col, B, pooled row, pooled col)
+                size = (n, 2, 2, batch, hq, wq, 3, 3, cin)
+                stride = (sN, sH, sW, sB, 2 * sH, 2 * sW, sH, sW, 1)
+            else:        # rows (B, row, col) of the 2hq × 2wq map that pooling reads
+                size = (n, batch, 2 * hq, 2 * wq, 3, 3, cin)
+                stride = (sN, sB, sH, sW, sH, sW, 1)
+            patches = self._buffer(f"col{i}", (n, rows, 9 * cin), x)
+            patches.view(size).copy_(hp.as_strided(size, stride))
+            wm = w.permute(0, 3, 4, 2, 1).reshape(n, 9 * cin, cout)    # rows (kh, kw, cin)
+            out = self._buffer(f"out{i}", (n, rows, cout), x)
+            torch.baddbmm(b.unsqueeze(1), patches, wm, out=out)
+            if i == 0:
+                slots = [out.view(n, 2, 2, batch, hq, wq, cout)[:, di, dj]
+                         for di in range(2) for dj in range(2)]
+            else:
+                slots = [out.view(n, batch, hq, 2, wq, 2, cout)[:, :, :, di, :, dj]
+                         for di in range(2) for dj in range(2)]
+            pooled = self._buffer(f"pool{i}", (n, batch, hq, wq, cout), x)
+            torch.maximum(slots[0], slots[1], out=pooled)
+            torch.maximum(pooled, slots[2], out=pooled)
+            torch.maximum(pooled, slots[3], out=pooled)
+            saved.append((hp, patches, wm, out, slots, pooled))
+            h = torch.clamp_min(pooled, 0.0, out=self._buffer(f"relu{i}", pooled.shape, x))
+        flat = h.permute(0, 1, 4, 2, 3).reshape(n, batch, -1)   # torch's [C, H, W] order
+        w1, b1, w2, b2 = params[2 * convs:]
+        a1 = _linear(flat, w1, b1)
+        z1 = torch.relu(a1)
+        delta = _softmax_last(_linear(z1, w2, b2))
+        delta.scatter_add_(-1, y.unsqueeze(-1), -torch.ones_like(delta[..., :1]))
+        delta.mul_(weights.unsqueeze(-1))
+        grads = [delta.sum(dim=1), torch.bmm(delta.transpose(1, 2), z1).flatten(1)]
+        da1 = torch.bmm(delta, w2).mul_(a1 > 0)
+        grads += [da1.sum(dim=1), torch.bmm(da1.transpose(1, 2), flat).flatten(1)]
+        g = torch.bmm(da1, w1).view(n, batch, h.shape[4], h.shape[2], h.shape[3])
+        g = g.permute(0, 1, 3, 4, 2)                              # back to channels-last
+        for i in reversed(range(convs)):
+            cin, cout = self.channels[i], self.channels[i + 1]
+            hp, patches, wm, out, slots, pooled = saved[i]
+            hit = self._buffer(f"hit{i}", pooled.shape, x, torch.bool)
+            gp = self._buffer(f"gpool{i}", pooled.shape, x)
+            torch.mul(g, torch.gt(pooled, 0.0, out=hit), out=gp)          # ReLU
+            grads.append(gp.view(n, -1, cout).sum(dim=1))
+            # the conv output is no longer needed: it becomes its gradient, each pooled
+            # gradient in the first slot that holds the maximum
+            zero = gp.new_zeros(())
+            for slot in slots[:3]:
+                torch.eq(slot, pooled, out=hit)
+                torch.where(hit, gp, zero, out=slot)
+                gp.masked_fill_(hit, 0.0)
+            slots[3].copy_(gp)
+            gw = torch.bmm(patches.transpose(1, 2), out)              # [n, 9·cin, cout]
+            grads.append(gw.view(n, 3, 3, cin, cout).permute(0, 4, 3, 1, 2).flatten(1))
+            if i == 0:
+                break
+            # input gradient: per tap, out @ w_tapᵀ is the gradient of a shifted block
+            hq, wq = pooled.shape[2], pooled.shape[3]
+            taps = patches.view(9, n, -1, cin)                        # patches are done too
+            wt = wm.view(n, 9, cin, cout)
+            dh = self._buffer(f"dpad{i}", hp.shape, x)
+            dh.zero_()
+            for t in range(9):
+                kh, kw = divmod(t, 3)
+                torch.bmm(out, wt[:, t].transpose(1, 2), out=taps[t])
+                dh[:, :, kh:kh + 2 * hq, kw:kw + 2 * wq].add_(
+                    taps[t].view(n, batch, 2 * hq, 2 * wq, cin))
+            H, Wd = hp.shape[2], hp.shape[3]
+            g = dh[:, :, pad:H - pad, pad:Wd - pad]
+        return torch.cat(grads[::-1], dim=1)
 
     def _module(self) -> nn.Module:
         layers: list[nn.Module] = []
