@@ -200,15 +200,15 @@ class BatchedCNN(BatchedModel):
                   weights: torch.Tensor) -> torch.Tensor:
         """Analytic backward pass, each convolution as batched GEMMs over clients.
 
-        Activations are channels-last and each convolution is one ``baddbmm`` of its
-        input patches (im2col) by the client's kernel, computed only at the positions that
-        2×2 pooling keeps. Pooling is the elementwise maximum of the four window slots and
-        comes before the ReLU (max∘relu = relu∘max). The first convolution orders its
-        patches slot-major, so the slots are contiguous blocks; the others order them
-        spatially, so that their input gradient is nine GEMMs (one per tap) each added to a
-        shifted block of the input. The backward pass sends each pooled gradient to the
-        first maximal slot in row-major order, as ``max_pool2d`` does, so the gradient
-        equals autograd's through :meth:`forward` up to float rounding, ties included.
+        Activations are channels-last and each convolution is one ``baddbmm`` of its input
+        patches (im2col) by the client's kernel [n, 9·cin, cout], computed only at the
+        positions that 2×2 pooling keeps. Pooling (``max_pool2d`` on the channels-last map)
+        comes before the ReLU: max∘relu = relu∘max, and max_pool2d's first-maximum index is
+        the same either way wherever the ReLU passes a gradient, so the gradient equals
+        autograd's through :meth:`forward` up to float rounding, ties included. A
+        convolution's input gradient is nine GEMMs, one per tap, each added to a shifted
+        block of the input. Large intermediates live in scratch buffers kept between calls
+        (a fresh multi-hundred-MB tensor costs more in page faults than its arithmetic).
         """
         n, batch = x.shape[0], x.shape[1]
         params = self.unflatten(W)
@@ -229,28 +229,21 @@ class BatchedCNN(BatchedModel):
             hq, wq = (H - 2) // 2, (Wd - 2) // 2
             rows = 4 * batch * hq * wq
             sN, sB, sH, sW = hp.stride()[:4]
-            if i == 0:   # rows (slot row, slot col, B, pooled row, pooled col)
-                size = (n, 2, 2, batch, hq, wq, 3, 3, cin)
-                stride = (sN, sH, sW, sB, 2 * sH, 2 * sW, sH, sW, 1)
-            else:        # rows (B, row, col) of the 2hq × 2wq map that pooling reads
-                size = (n, batch, 2 * hq, 2 * wq, 3, 3, cin)
-                stride = (sN, sB, sH, sW, sH, sW, 1)
+            size = (n, batch, 2 * hq, 2 * wq, 3, 3, cin)     # rows (B, row, col)
             patches = self._buffer(f"col{i}", (n, rows, 9 * cin), x)
-            patches.view(size).copy_(hp.as_strided(size, stride))
+            patches.view(size).copy_(hp.as_strided(size, (sN, sB, sH, sW, sH, sW, 1)))
             wm = w.permute(0, 3, 4, 2, 1).reshape(n, 9 * cin, cout)    # rows (kh, kw, cin)
             out = self._buffer(f"out{i}", (n, rows, cout), x)
             torch.baddbmm(b.unsqueeze(1), patches, wm, out=out)
-            if i == 0:
-                slots = [out.view(n, 2, 2, batch, hq, wq, cout)[:, di, dj]
-                         for di in range(2) for dj in range(2)]
-            else:
-                slots = [out.view(n, batch, hq, 2, wq, 2, cout)[:, :, :, di, :, dj]
-                         for di in range(2) for dj in range(2)]
+            # max_pool2d on the channels-last map [n·B, cout, 2hq, 2wq] (an NCHW view)
+            conv = out.view(n * batch, 2 * hq, 2 * wq, cout).permute(0, 3, 1, 2)
             pooled = self._buffer(f"pool{i}", (n, batch, hq, wq, cout), x)
-            torch.maximum(slots[0], slots[1], out=pooled)
-            torch.maximum(pooled, slots[2], out=pooled)
-            torch.maximum(pooled, slots[3], out=pooled)
-            saved.append((hp, patches, wm, out, slots, pooled))
+            index = self._buffer(f"index{i}", pooled.shape, x, torch.long)
+            torch.ops.aten.max_pool2d_with_indices.out(
+                conv, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                out=pooled.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2),
+                indices=index.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2))
+            saved.append((hp, patches, wm, out, conv, pooled, index))
             h = torch.clamp_min(pooled, 0.0, out=self._buffer(f"relu{i}", pooled.shape, x))
         flat = h.permute(0, 1, 4, 2, 3).reshape(n, batch, -1)   # torch's [C, H, W] order
         w1, b1, w2, b2 = params[2 * convs:]
@@ -266,25 +259,22 @@ class BatchedCNN(BatchedModel):
         g = g.permute(0, 1, 3, 4, 2)                              # back to channels-last
         for i in reversed(range(convs)):
             cin, cout = self.channels[i], self.channels[i + 1]
-            hp, patches, wm, out, slots, pooled = saved[i]
+            hp, patches, wm, out, conv, pooled, index = saved[i]
             hit = self._buffer(f"hit{i}", pooled.shape, x, torch.bool)
             gp = self._buffer(f"gpool{i}", pooled.shape, x)
             torch.mul(g, torch.gt(pooled, 0.0, out=hit), out=gp)          # ReLU
             grads.append(gp.view(n, -1, cout).sum(dim=1))
-            # the conv output is no longer needed: it becomes its gradient, each pooled
-            # gradient in the first slot that holds the maximum
-            zero = gp.new_zeros(())
-            for slot in slots[:3]:
-                torch.eq(slot, pooled, out=hit)
-                torch.where(hit, gp, zero, out=slot)
-                gp.masked_fill_(hit, 0.0)
-            slots[3].copy_(gp)
+            # the conv output is no longer needed: its memory takes its gradient
+            hq, wq = pooled.shape[2], pooled.shape[3]
+            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+                gp.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2), conv, [2, 2], [2, 2],
+                [0, 0], [1, 1], False, index.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2),
+                grad_input=conv)
             gw = torch.bmm(patches.transpose(1, 2), out)              # [n, 9·cin, cout]
             grads.append(gw.view(n, 3, 3, cin, cout).permute(0, 4, 3, 1, 2).flatten(1))
             if i == 0:
                 break
             # input gradient: per tap, out @ w_tapᵀ is the gradient of a shifted block
-            hq, wq = pooled.shape[2], pooled.shape[3]
             taps = patches.view(9, n, -1, cin)                        # patches are done too
             wt = wm.view(n, 9, cin, cout)
             dh = self._buffer(f"dpad{i}", hp.shape, x)
