@@ -214,24 +214,35 @@ class BatchedCNN(BatchedModel):
         params = self.unflatten(W)
         convs = len(self.channels) - 1
         pad = self.padding
-        h = x.permute(0, 1, 3, 4, 2)                     # channels-last [n, B, H, W, C]
+        h = x
         saved = []
         for i in range(convs):
             cin, cout = self.channels[i], self.channels[i + 1]
             w, b = params[2 * i], params[2 * i + 1]
-            H, Wd = h.shape[2] + 2 * pad, h.shape[3] + 2 * pad
-            if pad:
-                hp = self._buffer(f"pad{i}", (n, batch, H, Wd, cin), x)
-                hp.zero_()
-                hp[:, :, pad:H - pad, pad:Wd - pad].copy_(h)
-            else:
-                hp = h.contiguous()
-            hq, wq = (H - 2) // 2, (Wd - 2) // 2
-            rows = 4 * batch * hq * wq
-            sN, sB, sH, sW = hp.stride()[:4]
-            size = (n, batch, 2 * hq, 2 * wq, 3, 3, cin)     # rows (B, row, col)
-            patches = self._buffer(f"col{i}", (n, rows, 9 * cin), x)
-            patches.view(size).copy_(hp.as_strided(size, (sN, sB, sH, sW, sH, sW, 1)))
+            if i == 0:   # the input [n, B, C, H, W]: patches [n, (kh, kw, cin), (B, row, col)]
+                H, Wd = h.shape[3] + 2 * pad, h.shape[4] + 2 * pad
+                hp = F.pad(h, (pad,) * 4) if pad else h.contiguous()
+                hq, wq = (H - 2) // 2, (Wd - 2) // 2
+                rows = 4 * batch * hq * wq
+                sN, sB, sC, sH, sW = hp.stride()
+                size = (n, 3, 3, cin, batch, 2 * hq, 2 * wq)
+                patches_t = self._buffer("col0", (n, 9 * cin, rows), x)
+                patches_t.view(size).copy_(hp.as_strided(size, (sN, sH, sW, sC, sB, sH, sW)))
+                patches = patches_t.transpose(1, 2)
+            else:        # channels-last [n, B, H, W, C]: patches [n, (B, row, col), (kh, kw, cin)]
+                H, Wd = h.shape[2] + 2 * pad, h.shape[3] + 2 * pad
+                if pad:
+                    hp = self._buffer(f"pad{i}", (n, batch, H, Wd, cin), x)
+                    hp.zero_()
+                    hp[:, :, pad:H - pad, pad:Wd - pad].copy_(h)
+                else:
+                    hp = h.contiguous()
+                hq, wq = (H - 2) // 2, (Wd - 2) // 2
+                rows = 4 * batch * hq * wq
+                sN, sB, sH, sW = hp.stride()[:4]
+                size = (n, batch, 2 * hq, 2 * wq, 3, 3, cin)
+                patches = self._buffer(f"col{i}", (n, rows, 9 * cin), x)
+                patches.view(size).copy_(hp.as_strided(size, (sN, sB, sH, sW, sH, sW, 1)))
             wm = w.permute(0, 3, 4, 2, 1).reshape(n, 9 * cin, cout)    # rows (kh, kw, cin)
             out = self._buffer(f"out{i}", (n, rows, cout), x)
             torch.baddbmm(b.unsqueeze(1), patches, wm, out=out)
@@ -262,7 +273,7 @@ class BatchedCNN(BatchedModel):
             hp, patches, wm, out, conv, pooled, index = saved[i]
             hit = self._buffer(f"hit{i}", pooled.shape, x, torch.bool)
             gp = self._buffer(f"gpool{i}", pooled.shape, x)
-            torch.mul(g, torch.gt(pooled, 0.0, out=hit), out=gp)          # ReLU
+            torch.where(torch.gt(pooled, 0.0, out=hit), g, g.new_zeros(()), out=gp)  # ReLU
             grads.append(gp.view(n, -1, cout).sum(dim=1))
             # the conv output is no longer needed: its memory takes its gradient
             hq, wq = pooled.shape[2], pooled.shape[3]
@@ -275,7 +286,7 @@ class BatchedCNN(BatchedModel):
             if i == 0:
                 break
             # input gradient: per tap, out @ w_tapᵀ is the gradient of a shifted block
-            taps = patches.view(9, n, -1, cin)                        # patches are done too
+            taps = patches.reshape(9, n, -1, cin)                     # patches are done too
             wt = wm.view(n, 9, cin, cout)
             dh = self._buffer(f"dpad{i}", hp.shape, x)
             dh.zero_()
