@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--padding", type=int, default=0, choices=[0, 1])
     ap.add_argument("--old", action="store_true",
                     help="also time the previous path (autograd through a grouped conv)")
+    ap.add_argument("--detail", action="store_true",
+                    help="print each floor GEMM's time and the round's torch.profiler table")
     args = ap.parse_args(argv)
     g = torch.Generator().manual_seed(0)
     model = BatchedCNN((1, 28, 28), [30, 50], 100, 10, padding=args.padding)
@@ -116,7 +118,27 @@ def main(argv: list[str] | None = None) -> int:
             line += (f"; previous path {t['old']:.3f} s = {t['old'] / t['floor']:.2f}× floor, "
                      f"{t['old'] / t['round']:.2f}× this one")
         print(line, flush=True)
+        if args.detail:
+            detail(model, shapes, operands, fns["round"], n)
     return 0 if ok else 1
+
+
+def detail(model: BatchedCNN, shapes: list[tuple[int, int, int]],
+           operands: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+           round_fn: Callable[[], object], n: int) -> None:
+    """Where the floor and the round spend their time (one more run of each)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    print("  floor GEMMs per client (M × K × N), batched over clients:")
+    for (m, k, c), (p, q, out) in zip(shapes, operands):
+        t = interleaved({"gemm": lambda p=p, q=q, out=out: torch.bmm(p, q, out=out)}, 3)["gemm"]
+        print(f"    {m:>6} × {k:>5} × {c:>5}: {t * 1e3:7.1f} ms, "
+              f"{2.0 * n * m * k * c / t / 1e9:5.1f} GFLOP/s")
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        round_fn()
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=34,
+        max_shapes_column_width=60))
 
 
 if __name__ == "__main__":
