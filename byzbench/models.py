@@ -206,8 +206,8 @@ class BatchedCNN(BatchedModel):
         comes before the ReLU: max∘relu = relu∘max, and max_pool2d's first-maximum index is
         the same either way wherever the ReLU passes a gradient, so the gradient equals
         autograd's through :meth:`forward` up to float rounding, ties included. A
-        convolution's input gradient is nine GEMMs, one per tap, each added to a shifted
-        block of the input. Large intermediates live in scratch buffers kept between calls
+        convolution's input gradient is one GEMM for all taps, each tap's block then added
+        to a shifted block of the input (col2im). Large intermediates live in scratch buffers kept between calls
         (a fresh multi-hundred-MB tensor costs more in page faults than its arithmetic).
         """
         n, batch = x.shape[0], x.shape[1]
@@ -285,18 +285,18 @@ class BatchedCNN(BatchedModel):
             grads.append(gw.view(n, 3, 3, cin, cout).permute(0, 4, 3, 1, 2).flatten(1))
             if i == 0:
                 break
-            # input gradient: per tap, out @ w_tapᵀ is the gradient of a shifted block
-            taps = patches.reshape(9, n, -1, cin)                     # patches are done too
-            wt = wm.view(n, 9, cin, cout)
-            dh = self._buffer(f"dpad{i}", hp.shape, x)
+            # input gradient: the patches' gradient wm · outᵀ [n, (kh, kw, cin), rows] (the
+            # faster orientation of this product), each tap's block added, shifted, into a
+            # channel-major map [n, cin, B, H, W]
+            dcol = torch.bmm(wm, out.transpose(1, 2), out=patches.view(n, 9 * cin, -1))
+            dcol = dcol.view(n, 9, cin, batch, 2 * hq, 2 * wq)
+            H, Wd = hp.shape[2], hp.shape[3]
+            dh = self._buffer(f"dpad{i}", (n, cin, batch, H, Wd), x)
             dh.zero_()
             for t in range(9):
                 kh, kw = divmod(t, 3)
-                torch.bmm(out, wt[:, t].transpose(1, 2), out=taps[t])
-                dh[:, :, kh:kh + 2 * hq, kw:kw + 2 * wq].add_(
-                    taps[t].view(n, batch, 2 * hq, 2 * wq, cin))
-            H, Wd = hp.shape[2], hp.shape[3]
-            g = dh[:, :, pad:H - pad, pad:Wd - pad]
+                dh[..., kh:kh + 2 * hq, kw:kw + 2 * wq].add_(dcol[:, t])
+            g = dh[..., pad:H - pad, pad:Wd - pad].permute(0, 2, 3, 4, 1)
         return torch.cat(grads[::-1], dim=1)
 
     def _module(self) -> nn.Module:
