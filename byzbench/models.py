@@ -4,8 +4,9 @@ Each model lays its parameters out exactly as the equivalent ``torch.nn`` module
 ``parameters()`` would be flattened, so a row of the matrix is a client's model, the
 difference of two rows is an update, and :meth:`BatchedModel.reference_module` rebuilds a
 plain ``nn.Module`` from a row (the per-client reference path and the tests use it).
-Linear layers become batched matrix products, convolutions one grouped convolution over
-all clients — no BatchNorm, so nothing couples the samples of a batch.
+Linear layers become batched matrix products; the CNN's forward pass is one grouped
+convolution over all clients, its training gradient batched im2col GEMMs with an analytic
+backward pass — no BatchNorm, so nothing couples the samples of a batch.
 """
 
 from __future__ import annotations
@@ -207,8 +208,9 @@ class BatchedCNN(BatchedModel):
         the same either way wherever the ReLU passes a gradient, so the gradient equals
         autograd's through :meth:`forward` up to float rounding, ties included. A
         convolution's input gradient is one GEMM for all taps, each tap's block then added
-        to a shifted block of the input (col2im). Large intermediates live in scratch buffers kept between calls
-        (a fresh multi-hundred-MB tensor costs more in page faults than its arithmetic).
+        to a shifted block of the input (col2im). Large intermediates live in scratch
+        buffers kept between calls (a fresh multi-hundred-MB tensor costs more in page
+        faults than its arithmetic); the returned gradient is always a fresh tensor.
         """
         n, batch = x.shape[0], x.shape[1]
         params = self.unflatten(W)
