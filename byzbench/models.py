@@ -201,10 +201,10 @@ class BatchedCNN(BatchedModel):
                   weights: torch.Tensor) -> torch.Tensor:
         """Analytic backward pass, each convolution as batched GEMMs over clients.
 
-        Activations are channels-last and each convolution is one ``baddbmm`` of its input
-        patches (im2col) by the client's kernel [n, 9·cin, cout], computed only at the
-        positions that 2×2 pooling keeps. Pooling (``max_pool2d`` on the channels-last map)
-        comes before the ReLU: max∘relu = relu∘max, and max_pool2d's first-maximum index is
+        Each convolution is one ``baddbmm`` of its input patches (im2col, built from the
+        channel-major activations [n, C, B, H, W]) by the client's kernel [n, 9·cin, cout],
+        computed only at the positions that 2×2 pooling keeps; its output is channels-last.
+        Pooling (``max_pool2d`` on the channels-last map) comes before the ReLU: max∘relu = relu∘max, and max_pool2d's first-maximum index is
         the same either way wherever the ReLU passes a gradient, so the gradient equals
         autograd's through :meth:`forward` up to float rounding, ties included. A
         convolution's input gradient is one GEMM for all taps, each tap's block then added
@@ -216,38 +216,29 @@ class BatchedCNN(BatchedModel):
         params = self.unflatten(W)
         convs = len(self.channels) - 1
         pad = self.padding
-        h = x
+        h = x.transpose(1, 2)                          # channel-major [n, C, B, H, W]
         saved = []
         for i in range(convs):
             cin, cout = self.channels[i], self.channels[i + 1]
             w, b = params[2 * i], params[2 * i + 1]
-            if i == 0:   # the input [n, B, C, H, W]: patches [n, (kh, kw, cin), (B, row, col)]
-                H, Wd = h.shape[3] + 2 * pad, h.shape[4] + 2 * pad
-                hp = F.pad(h, (pad,) * 4) if pad else h.contiguous()
-                hq, wq = (H - 2) // 2, (Wd - 2) // 2
-                rows = 4 * batch * hq * wq
-                sN, sB, sC, sH, sW = hp.stride()
-                size = (n, 3, 3, cin, batch, 2 * hq, 2 * wq)
-                patches_t = self._buffer("col0", (n, 9 * cin, rows), x)
-                patches_t.view(size).copy_(hp.as_strided(size, (sN, sH, sW, sC, sB, sH, sW)))
-                patches = patches_t.transpose(1, 2)
-            else:        # channels-last [n, B, H, W, C]: patches [n, (B, row, col), (kh, kw, cin)]
-                H, Wd = h.shape[2] + 2 * pad, h.shape[3] + 2 * pad
-                if pad:
-                    hp = self._buffer(f"pad{i}", (n, batch, H, Wd, cin), x)
-                    hp.zero_()
-                    hp[:, :, pad:H - pad, pad:Wd - pad].copy_(h)
-                else:
-                    hp = h.contiguous()
-                hq, wq = (H - 2) // 2, (Wd - 2) // 2
-                rows = 4 * batch * hq * wq
-                sN, sB, sH, sW = hp.stride()[:4]
-                size = (n, batch, 2 * hq, 2 * wq, 3, 3, cin)
-                patches = self._buffer(f"col{i}", (n, rows, 9 * cin), x)
-                patches.view(size).copy_(hp.as_strided(size, (sN, sB, sH, sW, sH, sW, 1)))
+            H, Wd = h.shape[3] + 2 * pad, h.shape[4] + 2 * pad
+            if pad:
+                hp = self._buffer(f"pad{i}", (n, cin, batch, H, Wd), x)
+                hp.zero_()
+                hp[..., pad:H - pad, pad:Wd - pad].copy_(h)
+            else:
+                hp = h
+            hq, wq = (H - 2) // 2, (Wd - 2) // 2
+            rows = 4 * batch * hq * wq
+            # patches stored transposed, [n, (kh, kw, cin), (B, row, col)]: copied in runs
+            # of image columns, and the faster orientation of both products that read them
+            sN, sC, sB, sH, sW = hp.stride()
+            size = (n, 3, 3, cin, batch, 2 * hq, 2 * wq)
+            patches_t = self._buffer(f"col{i}", (n, 9 * cin, rows), x)
+            patches_t.view(size).copy_(hp.as_strided(size, (sN, sH, sW, sC, sB, sH, sW)))
             wm = w.permute(0, 3, 4, 2, 1).reshape(n, 9 * cin, cout)    # rows (kh, kw, cin)
             out = self._buffer(f"out{i}", (n, rows, cout), x)
-            torch.baddbmm(b.unsqueeze(1), patches, wm, out=out)
+            torch.baddbmm(b.unsqueeze(1), patches_t.transpose(1, 2), wm, out=out)
             # max_pool2d on the channels-last map [n·B, cout, 2hq, 2wq] (an NCHW view)
             conv = out.view(n * batch, 2 * hq, 2 * wq, cout).permute(0, 3, 1, 2)
             pooled = self._buffer(f"pool{i}", (n, batch, hq, wq, cout), x)
@@ -256,9 +247,10 @@ class BatchedCNN(BatchedModel):
                 conv, [2, 2], [2, 2], [0, 0], [1, 1], False,
                 out=pooled.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2),
                 indices=index.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2))
-            saved.append((hp, patches, wm, out, conv, pooled, index))
-            h = torch.clamp_min(pooled, 0.0, out=self._buffer(f"relu{i}", pooled.shape, x))
-        flat = h.permute(0, 1, 4, 2, 3).reshape(n, batch, -1)   # torch's [C, H, W] order
+            saved.append((hp, patches_t, wm, out, conv, pooled, index))
+            h = torch.clamp_min(pooled.permute(0, 4, 1, 2, 3), 0.0,
+                                out=self._buffer(f"relu{i}", (n, cout, batch, hq, wq), x))
+        flat = h.transpose(1, 2).reshape(n, batch, -1)          # torch's [C, H, W] order
         w1, b1, w2, b2 = params[2 * convs:]
         a1 = _linear(flat, w1, b1)
         z1 = torch.relu(a1)
@@ -268,11 +260,11 @@ class BatchedCNN(BatchedModel):
         grads = [delta.sum(dim=1), torch.bmm(delta.transpose(1, 2), z1).flatten(1)]
         da1 = torch.bmm(delta, w2).mul_(a1 > 0)
         grads += [da1.sum(dim=1), torch.bmm(da1.transpose(1, 2), flat).flatten(1)]
-        g = torch.bmm(da1, w1).view(n, batch, h.shape[4], h.shape[2], h.shape[3])
-        g = g.permute(0, 1, 3, 4, 2)                              # back to channels-last
+        g = torch.bmm(da1, w1).view(n, batch, *h.shape[1:2], *h.shape[3:])
+        g = g.permute(0, 1, 3, 4, 2)                              # channels-last
         for i in reversed(range(convs)):
             cin, cout = self.channels[i], self.channels[i + 1]
-            hp, patches, wm, out, conv, pooled, index = saved[i]
+            hp, patches_t, wm, out, conv, pooled, index = saved[i]
             hit = self._buffer(f"hit{i}", pooled.shape, x, torch.bool)
             gp = self._buffer(f"gpool{i}", pooled.shape, x)
             torch.where(torch.gt(pooled, 0.0, out=hit), g, g.new_zeros(()), out=gp)  # ReLU
@@ -283,16 +275,16 @@ class BatchedCNN(BatchedModel):
                 gp.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2), conv, [2, 2], [2, 2],
                 [0, 0], [1, 1], False, index.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2),
                 grad_input=conv)
-            gw = torch.bmm(patches.transpose(1, 2), out)              # [n, 9·cin, cout]
+            gw = torch.bmm(patches_t, out)                            # [n, 9·cin, cout]
             grads.append(gw.view(n, 3, 3, cin, cout).permute(0, 4, 3, 1, 2).flatten(1))
             if i == 0:
                 break
             # input gradient: the patches' gradient wm · outᵀ [n, (kh, kw, cin), rows] (the
             # faster orientation of this product), each tap's block added, shifted, into a
             # channel-major map [n, cin, B, H, W]
-            dcol = torch.bmm(wm, out.transpose(1, 2), out=patches.view(n, 9 * cin, -1))
+            dcol = torch.bmm(wm, out.transpose(1, 2), out=patches_t)
             dcol = dcol.view(n, 9, cin, batch, 2 * hq, 2 * wq)
-            H, Wd = hp.shape[2], hp.shape[3]
+            H, Wd = hp.shape[3], hp.shape[4]
             dh = self._buffer(f"dpad{i}", (n, cin, batch, H, Wd), x)
             dh.zero_()
             for t in range(9):
