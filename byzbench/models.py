@@ -4,8 +4,9 @@ Each model lays its parameters out exactly as the equivalent ``torch.nn`` module
 ``parameters()`` would be flattened, so a row of the matrix is a client's model, the
 difference of two rows is an update, and :meth:`BatchedModel.reference_module` rebuilds a
 plain ``nn.Module`` from a row (the per-client reference path and the tests use it).
-Linear layers become batched matrix products, convolutions one grouped convolution over
-all clients — no BatchNorm, so nothing couples the samples of a batch.
+Linear layers become batched matrix products; the CNN's forward pass is one grouped
+convolution over all clients, its training gradient batched im2col GEMMs with an analytic
+backward pass — no BatchNorm, so nothing couples the samples of a batch.
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ class BatchedCNN(BatchedModel):
         shapes += [(hidden, self.flat), (hidden,), (num_classes, hidden), (num_classes,)]
         fan_ins += [self.flat, self.flat, hidden, hidden]
         super().__init__(shapes, fan_ins)
+        self._scratch: dict[str, torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_scratch": {}}   # scratch buffers are not state
 
     def forward(self, W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n, batch = x.shape[0], x.shape[1]
@@ -179,6 +184,114 @@ class BatchedCNN(BatchedModel):
         h = h.reshape(batch, n, -1).transpose(0, 1)  # [n, B, flat]
         w1, b1, w2, b2 = params[2 * convs:]
         return _linear(torch.relu(_linear(h, w1, b1)), w2, b2)
+
+    def _buffer(self, key: str, shape: tuple[int, ...], like: torch.Tensor,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A scratch tensor kept between calls: a fresh multi-hundred-MB allocation costs
+        more in page faults than the arithmetic that fills it (CPU allocations are not cached)."""
+        dtype = dtype or like.dtype
+        buf = self._scratch.get(key)
+        if buf is None or buf.numel() < math.prod(shape) or buf.dtype != dtype \
+                or buf.device != like.device:
+            buf = torch.empty(math.prod(shape), dtype=dtype, device=like.device)
+            self._scratch[key] = buf
+        return buf[:math.prod(shape)].view(shape)
+
+    def loss_grad(self, W: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                  weights: torch.Tensor) -> torch.Tensor:
+        """Analytic backward pass, each convolution as batched GEMMs over clients.
+
+        Each convolution is one ``baddbmm`` of its input patches (im2col, built from the
+        channel-major activations [n, C, B, H, W]) by the client's kernel [n, 9·cin, cout],
+        computed only at the positions that 2×2 pooling keeps; its output is channels-last.
+        Pooling (``max_pool2d`` on the channels-last map) comes before the ReLU: max∘relu = relu∘max, and max_pool2d's first-maximum index is
+        the same either way wherever the ReLU passes a gradient, so the gradient equals
+        autograd's through :meth:`forward` up to float rounding, ties included. A
+        convolution's input gradient is one GEMM for all taps, each tap's block then added
+        to a shifted block of the input (col2im). Large intermediates live in scratch
+        buffers kept between calls (a fresh multi-hundred-MB tensor costs more in page
+        faults than its arithmetic); the returned gradient is always a fresh tensor.
+        """
+        n, batch = x.shape[0], x.shape[1]
+        params = self.unflatten(W)
+        convs = len(self.channels) - 1
+        pad = self.padding
+        h = x.transpose(1, 2)                          # channel-major [n, C, B, H, W]
+        saved = []
+        for i in range(convs):
+            cin, cout = self.channels[i], self.channels[i + 1]
+            w, b = params[2 * i], params[2 * i + 1]
+            H, Wd = h.shape[3] + 2 * pad, h.shape[4] + 2 * pad
+            if pad:
+                hp = self._buffer(f"pad{i}", (n, cin, batch, H, Wd), x)
+                hp.zero_()
+                hp[..., pad:H - pad, pad:Wd - pad].copy_(h)
+            else:
+                hp = h
+            hq, wq = (H - 2) // 2, (Wd - 2) // 2
+            rows = 4 * batch * hq * wq
+            # patches stored transposed, [n, (kh, kw, cin), (B, row, col)]: copied in runs
+            # of image columns, and the faster orientation of both products that read them
+            sN, sC, sB, sH, sW = hp.stride()
+            size = (n, 3, 3, cin, batch, 2 * hq, 2 * wq)
+            patches_t = self._buffer(f"col{i}", (n, 9 * cin, rows), x)
+            patches_t.view(size).copy_(hp.as_strided(size, (sN, sH, sW, sC, sB, sH, sW)))
+            wm = w.permute(0, 3, 4, 2, 1).reshape(n, 9 * cin, cout)    # rows (kh, kw, cin)
+            out = self._buffer(f"out{i}", (n, rows, cout), x)
+            torch.baddbmm(b.unsqueeze(1), patches_t.transpose(1, 2), wm, out=out)
+            # max_pool2d on the channels-last map [n·B, cout, 2hq, 2wq] (an NCHW view)
+            conv = out.view(n * batch, 2 * hq, 2 * wq, cout).permute(0, 3, 1, 2)
+            pooled = self._buffer(f"pool{i}", (n, batch, hq, wq, cout), x)
+            index = self._buffer(f"index{i}", pooled.shape, x, torch.long)
+            torch.ops.aten.max_pool2d_with_indices.out(
+                conv, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                out=pooled.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2),
+                indices=index.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2))
+            saved.append((hp, patches_t, wm, out, conv, pooled, index))
+            h = torch.clamp_min(pooled.permute(0, 4, 1, 2, 3), 0.0,
+                                out=self._buffer(f"relu{i}", (n, cout, batch, hq, wq), x))
+        flat = h.transpose(1, 2).reshape(n, batch, -1)          # torch's [C, H, W] order
+        w1, b1, w2, b2 = params[2 * convs:]
+        a1 = _linear(flat, w1, b1)
+        z1 = torch.relu(a1)
+        delta = _softmax_last(_linear(z1, w2, b2))
+        delta.scatter_add_(-1, y.unsqueeze(-1), -torch.ones_like(delta[..., :1]))
+        delta.mul_(weights.unsqueeze(-1))
+        grads = [delta.sum(dim=1), torch.bmm(delta.transpose(1, 2), z1).flatten(1)]
+        da1 = torch.bmm(delta, w2).mul_(a1 > 0)
+        grads += [da1.sum(dim=1), torch.bmm(da1.transpose(1, 2), flat).flatten(1)]
+        g = torch.bmm(da1, w1).view(n, batch, *h.shape[1:2], *h.shape[3:])
+        g = g.permute(0, 1, 3, 4, 2)                              # channels-last
+        for i in reversed(range(convs)):
+            cin, cout = self.channels[i], self.channels[i + 1]
+            hp, patches_t, wm, out, conv, pooled, index = saved[i]
+            hit = self._buffer(f"hit{i}", pooled.shape, x, torch.bool)
+            gp = self._buffer(f"gpool{i}", pooled.shape, x)
+            torch.where(torch.gt(pooled, 0.0, out=hit), g, g.new_zeros(()), out=gp)  # ReLU
+            grads.append(gp.view(n, -1, cout).sum(dim=1))
+            # the conv output is no longer needed: its memory takes its gradient
+            hq, wq = pooled.shape[2], pooled.shape[3]
+            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+                gp.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2), conv, [2, 2], [2, 2],
+                [0, 0], [1, 1], False, index.view(n * batch, hq, wq, cout).permute(0, 3, 1, 2),
+                grad_input=conv)
+            gw = torch.bmm(patches_t, out)                            # [n, 9·cin, cout]
+            grads.append(gw.view(n, 3, 3, cin, cout).permute(0, 4, 3, 1, 2).flatten(1))
+            if i == 0:
+                break
+            # input gradient: the patches' gradient wm · outᵀ [n, (kh, kw, cin), rows] (the
+            # faster orientation of this product), each tap's block added, shifted, into a
+            # channel-major map [n, cin, B, H, W]
+            dcol = torch.bmm(wm, out.transpose(1, 2), out=patches_t)
+            dcol = dcol.view(n, 9, cin, batch, 2 * hq, 2 * wq)
+            H, Wd = hp.shape[3], hp.shape[4]
+            dh = self._buffer(f"dpad{i}", (n, cin, batch, H, Wd), x)
+            dh.zero_()
+            for t in range(9):
+                kh, kw = divmod(t, 3)
+                dh[..., kh:kh + 2 * hq, kw:kw + 2 * wq].add_(dcol[:, t])
+            g = dh[..., pad:H - pad, pad:Wd - pad].permute(0, 2, 3, 4, 1)
+        return torch.cat(grads[::-1], dim=1)
 
     def _module(self) -> nn.Module:
         layers: list[nn.Module] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from byzbench.engine.training import (
     train_reference,
     train_vectorized,
 )
-from byzbench.models import BatchedCNN, BatchedMLP
+from byzbench.models import BatchedCNN, BatchedMLP, BatchedModel
 from byzbench.registry import MODELS
 
 MODELS_UNDER_TEST = [
@@ -77,6 +79,75 @@ def test_mlp_analytic_gradient_equals_autograd():
     analytic = model.loss_grad(W, x, y, weights)
     autograd = super(BatchedMLP, model).loss_grad(W, x, y, weights)
     assert torch.allclose(analytic, autograd, atol=1e-6)
+
+
+CNN_SHAPES = [
+    ("papers-cnn", lambda: BatchedCNN((1, 28, 28), [30, 50], 100, 10, padding=0), (1, 28, 28)),
+    ("cnn-8x8-same", lambda: BatchedCNN((1, 8, 8), [4, 8], 16, 10), (1, 8, 8)),
+    ("cnn-cifar", lambda: BatchedCNN((3, 32, 32), [4, 8], 16, 10), (3, 32, 32)),
+    ("cnn-3-blocks", lambda: BatchedCNN((1, 28, 28), [3, 5, 6], 8, 10), (1, 28, 28)),
+    ("cnn-odd", lambda: BatchedCNN((2, 9, 11), [3], 5, 10, padding=0), (2, 9, 11)),
+]
+
+
+@pytest.mark.parametrize("name,make,shape", CNN_SHAPES)
+def test_cnn_analytic_gradient_equals_autograd_through_grouped_conv(name, make, shape):
+    """The GEMM path against the previous one (autograd through :meth:`forward`, one grouped
+    convolution over clients), with blank images and half-blank ones: pooling windows that
+    tie exactly, where the gradient must go to one slot only, as max_pool2d sends it."""
+    gen = torch.Generator().manual_seed(6)
+    model = make()
+    W = torch.stack([model.init(gen) for _ in range(3)])
+    W[:, model.sizes[0]:sum(model.sizes[:2])] = 0.3          # positive first-conv bias
+    x = torch.randn(3, 5, *shape, generator=gen)
+    x[0, :2] = 0.0
+    x[1, 0, :, : shape[1] // 2] = 0.0
+    y = torch.randint(0, 10, (3, 5), generator=gen)
+    weights = torch.rand(3, 5, generator=gen)
+    analytic = model.loss_grad(W, x, y, weights)
+    autograd = BatchedModel.loss_grad(model, W, x, y, weights)
+    assert analytic.shape == (3, model.dim)
+    assert autograd[:, : model.sizes[0]].abs().max() > 1e-3   # conv weights get gradient
+    assert torch.allclose(analytic, autograd, rtol=1e-5, atol=1e-6), \
+        (analytic - autograd).abs().max()
+
+
+def test_cnn_tied_pooling_window_sends_gradient_to_one_slot():
+    """A blank image through a 'valid' conv is its bias everywhere: every 2×2 window ties.
+    With one conv block, the bias gradient is then Σ over pooled cells of the upstream
+    gradient — one slot each (4× that if every tied slot took it)."""
+    model = BatchedCNN((1, 6, 6), [1], 1, 2, padding=0)     # 6 → 4 → 2×2 pooled, 4 features
+    theta = torch.zeros(model.dim)
+    w, b, w1, b1, w2, b2 = torch.split(theta, model.sizes)
+    b.fill_(0.5)                                            # conv bias: output 0.5 everywhere
+    w1.fill_(1.0)                                           # hidden = relu(4 · 0.5) = 2
+    w2.copy_(torch.tensor([1.0, -1.0]))                     # logits (2, −2)
+    x = torch.zeros(1, 1, 1, 6, 6)
+    y = torch.tensor([[1]])
+    grad = model.loss_grad(theta.unsqueeze(0), x, y, torch.ones(1, 1))[0]
+    p = torch.softmax(torch.tensor([2.0, -2.0]), 0)
+    dhidden = (p[0] - 0.0) * 1.0 + (p[1] - 1.0) * -1.0      # ∂CE/∂hidden through w2
+    gw, gb = torch.split(grad, model.sizes)[:2]
+    assert gb.item() == pytest.approx(4 * dhidden, rel=1e-5)  # 4 pooled cells × w1 = 1
+    assert gw.abs().max() == 0                               # blank input: no weight gradient
+
+
+def test_cnn_scratch_buffers_do_not_leak_between_calls_or_into_pickles():
+    gen = torch.Generator().manual_seed(7)
+    model = BatchedCNN((1, 12, 12), [4, 6], 8, 10, padding=0)
+    W = torch.stack([model.init(gen) for _ in range(4)])
+    x = torch.randn(4, 6, 1, 12, 12, generator=gen)
+    y = torch.randint(0, 10, (4, 6), generator=gen)
+    weights = torch.full((4, 6), 1 / 6)
+    first = model.loss_grad(W, x, y, weights)
+    kept = first.clone()
+    small = model.loss_grad(W[:2], x[:2, :3], y[:2, :3], weights[:2, :3])
+    again = model.loss_grad(W, x, y, weights)
+    assert torch.equal(first, kept)                          # not overwritten by later calls
+    assert torch.equal(again, first)
+    assert torch.allclose(small, BatchedModel.loss_grad(model, W[:2], x[:2, :3], y[:2, :3],
+                                                        weights[:2, :3]), atol=1e-6)
+    assert len(pickle.dumps(model)) < 10_000                 # scratch is not pickled
 
 
 def test_batch_plan_steps_draws_without_replacement_within_client():
