@@ -6,6 +6,10 @@ verifies signatures, every client signs its message and transport attacks alter 
 transit; the defense returns a :class:`~byzbench.defenses.base.Verdict` and
 θ ← θ + η_server · aggregate; detection counts and timings are recorded, and every
 ``eval_every`` rounds (and after the last) the test accuracy, loss and backdoor ASR.
+With ``privacy.dp`` (:mod:`byzbench.privacy.dp`, DP-FedAvg) the rows are clipped (central)
+or the honest ones clipped and noised (local) once the attack has written its rows, the
+server adds its noise to the verdict's aggregate (central), and each round's row carries
+the cumulative ε.
 
 Call :func:`run_cell` with a :class:`~byzbench.config.CellConfig` (for example
 ``load_grid("configs/quick.yaml").cells[0].config``); it returns a :class:`CellResult`.
@@ -49,6 +53,7 @@ from byzbench.engine.training import (
 )
 from byzbench.metrics import detection_counts, durability, summarize_rounds
 from byzbench.models import BatchedModel
+from byzbench.privacy.dp import DPMechanism, clip_rows
 from byzbench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONS
 from byzbench.seeding import numpy_rng, torch_generator
 from byzbench.threat import assumed_malicious
@@ -108,6 +113,7 @@ class Simulation:
         reason = self.defense.requirement(c.participants, self.f_assumed)
         if reason:
             raise SkipCell(reason)
+        self.dp = DPMechanism.from_config(c.privacy.dp, c.clients, c.participants, c.rounds)
 
         dataset: Dataset = build(DATASETS, c.dataset).load()
         self.num_classes = dataset.num_classes
@@ -260,6 +266,8 @@ class Simulation:
         if attack_on and any_malicious and self.attack.stage != "transport":
             poisoned = self.attack.poison_updates(updates.clone(), ctx)
             updates = torch.where(malicious.unsqueeze(1), poisoned.to(updates.dtype), updates)
+        if self.dp is not None:
+            updates = self._dp_clients(updates, truth, r)
 
         messages, sign_s = None, None
         if self.keyring is not None:
@@ -271,13 +279,20 @@ class Simulation:
             if messages is not None:  # one header per row; a dropped message is None
                 messages = align_messages(messages, clients.tolist())
             truth = inter.touched.bool().to(dev)
+            if self.dp is not None and self.dp.mode == "central":
+                # the server's norm bound on what arrived (rows inside it are untouched)
+                updates = self._dp_clients(updates, truth, r)
 
         timer = _Timer(dev)
         verdict = self.defense(updates, replace(rctx, messages=messages))
         timer.stop()
         n = len(clients)
         check_verdict(self.defense, verdict, n, self.model.dim, values=False)
-        self.theta = self.theta + c.server.lr * verdict.aggregate.to(self.theta.dtype)
+        aggregate = verdict.aggregate
+        if self.dp is not None:
+            aggregate = self.dp.server_side(aggregate, n,
+                                            torch_generator(self.seed, "dp-central", r))
+        self.theta = self.theta + c.server.lr * aggregate.to(self.theta.dtype)
 
         # everything the round reports, fetched from the device in one copy
         fetch = [truth.to(torch.float64).reshape(-1),
@@ -309,6 +324,8 @@ class Simulation:
                                "finite": finite,
                                "diagnostics": diagnostics_json(verdict.diagnostics)}
         row.update(detection_counts(flagged_h, truth_h))
+        if self.dp is not None:
+            row["epsilon"] = self.dp.epsilons[r]
         if evaluating:
             correct, loss_sum = host[at].item(), host[at + 1].item()
             loss = loss_sum / n_test if n_test else float("nan")
@@ -318,6 +335,15 @@ class Simulation:
                 row["asr"] = host[at + 2].item()
         return row
 
+    def _dp_clients(self, updates: torch.Tensor, attacker: torch.Tensor, r: int
+                    ) -> torch.Tensor:
+        """DP at the clients' end of round ``r`` (:meth:`DPMechanism.client_side`): central
+        → every row clipped to C; local → the rows not written by the attack (``attacker``
+        [n] bool) clipped and noised."""
+        assert self.dp is not None
+        return self.dp.client_side(updates, ~attacker,
+                                   torch_generator(self.seed, "dp-local", r))
+
     def _oracle(self, clients: np.ndarray, rctx: RoundContext
                 ) -> Callable[[torch.Tensor], Verdict]:
         """The round's defense as a side-effect-free callable on a hypothetical ``[n, d]``
@@ -325,12 +351,16 @@ class Simulation:
         :meth:`~byzbench.defenses.base.Defense.preview` on the round's context with a
         stream of its own (the attacker knows the rule and its state, not the server's coin
         flips); when the defense verifies signatures, the rows are signed as the clients
-        would sign them (malicious clients sign their own poisoned updates)."""
+        would sign them (malicious clients sign their own poisoned updates); under central DP
+        the rows are clipped as the server clips them."""
         keyring, defense, seed = self.keyring, self.defense, self.seed
+        dp = self.dp
 
         def oracle(rows: torch.Tensor) -> Verdict:
             # built per call, so a round whose attack never asks pays nothing for it
             ctx = replace(rctx, generator=torch_generator(seed, "oracle", rctx.round))
+            if dp is not None and dp.mode == "central":
+                rows = clip_rows(rows, dp.clip)  # as the server clips what it receives
             if keyring is not None:
                 ctx = replace(ctx, messages=keyring.sign_round(clients.tolist(), rctx.round,
                                                                rctx.nonce, rows)[0])
@@ -420,6 +450,9 @@ def run_cell(config: CellConfig, device: torch.device | None = None) -> CellResu
     summary.update({"d": sim.model.dim, "f": config.num_malicious,
                     "clients": config.clients, "device": sim.device.type,
                     "threads": torch.get_num_threads()})
+    if sim.dp is not None:
+        summary.update({"epsilon": sim.dp.epsilon, "delta": sim.dp.delta,
+                        "sigma": sim.dp.sigma, "dp_mode": sim.dp.mode})
     return CellResult(status="done", summary=summary, rounds=rounds,
                       wall_s=time.perf_counter() - start)
 

@@ -1,0 +1,1 @@
+"""Privacy mechanisms of a cell: secure aggregation and differential privacy."""
