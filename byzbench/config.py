@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -104,13 +105,33 @@ class SecAggConfig(_Strict):
 
     range: float = Field(1.0, gt=0, description="each coordinate is clipped to [-range, range] "
                                                 "before quantization")
-    bits: int = Field(32, ge=8, le=62, description="masks and sums live mod 2^bits")
+    bits: int = Field(62, ge=8, le=62, description="masks and sums live mod 2^bits (in uint64 "
+                                                   "words)")
     fraction_bits: int | None = Field(
         None, ge=1, le=52, description="fixed-point precision (None: the most that keeps the "
                                        "sum of every client's range below 2^(bits-1))")
     degree: int | None = Field(
         None, ge=1, description="SecAgg+ neighbours per client (None: O(log n) as in Bell et "
                                 "al.); ignored by plain SecAgg, whose graph is complete")
+
+
+def secagg_fraction_bits(n: int, bound: float, bits: int, cap: int | None = None) -> int:
+    """The most fraction bits f (at most ``cap``) for which a sum of ``n`` fixed-point values,
+    each rounded from [-bound, bound] at scale 2^f, stays below 2^(bits-1) in magnitude, so it
+    decodes exactly from the ring mod 2^bits; a negative result means no f ≥ 0 fits."""
+    limit = 2 ** (bits - 1) - 1
+    f = min(cap if cap is not None else 62, 62)
+    while f >= 0 and n * math.ceil(bound * 2.0 ** f) > limit:
+        f -= 1
+    return f
+
+
+def secagg_min_bits(n: int, bound: float, fraction_bits: int) -> int:
+    """The fewest ring bits for which :func:`secagg_fraction_bits` reaches ``fraction_bits``."""
+    bits = 8
+    while bits <= 62 and secagg_fraction_bits(n, bound, bits, fraction_bits) < fraction_bits:
+        bits += 1
+    return bits
 
 
 class DPConfig(_Strict):
@@ -175,11 +196,25 @@ class CellConfig(_Strict):
         if self.clients_per_round is not None and self.clients_per_round > self.clients:
             raise ValueError(f"clients_per_round ({self.clients_per_round}) exceeds clients "
                              f"({self.clients})")
+        self._check_secagg()
         f = self.num_malicious
         if f >= self.clients:
             raise ValueError(f"malicious_fraction {self.malicious_fraction} of {self.clients} "
                              f"clients makes {f} malicious, leaving no honest client")
         return self
+
+    def _check_secagg(self) -> None:
+        """The secure sum of every participant's clipped update must fit the ring."""
+        if self.privacy.secure_aggregation == "none":
+            return
+        sa, n = self.privacy.secagg, self.participants
+        want = sa.fraction_bits if sa.fraction_bits is not None else 1
+        if secagg_fraction_bits(n, sa.range, sa.bits, sa.fraction_bits) < want:
+            need = secagg_min_bits(n, sa.range, want)
+            allowed = f"{need}..62" if need <= 62 else "none (lower range or fraction_bits)"
+            raise ValueError(f"privacy.secagg.bits {sa.bits} is too small for {n} clients × "
+                             f"range {sa.range:g} at {want} fraction bits (the sum must stay "
+                             f"below 2^(bits-1)); allowed bits: {allowed}")
 
     @property
     def num_malicious(self) -> int:

@@ -53,6 +53,7 @@ ROUND_COLUMNS: dict[str, str] = {
     "n": "INTEGER", "malicious": "INTEGER", "accuracy": "REAL", "loss": "REAL", "asr": "REAL",
     "tp": "INTEGER", "fp": "INTEGER", "fn": "INTEGER", "tn": "INTEGER",
     "agg_ms": "REAL", "sign_ms": "REAL", "verify_ms": "REAL", "finite": "INTEGER",
+    "secagg_ms": "REAL",  # secure aggregation: masking + unmasking, all the round's sums
     "diagnostics": "TEXT",  # the verdict's diagnostics as JSON, when small
     "epsilon": "REAL",      # cumulative ε at δ of a DP cell after this round
 }

@@ -32,7 +32,7 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -40,6 +40,18 @@ from pydantic import Field
 from byzbench.crypto import PublicKeyRegistry, SignedMessage, align_messages
 from byzbench.defenses.geometry import finite_rows, normalized_weights, scatter_rows
 from byzbench.registry import DEFENSES, Component, Params
+
+if TYPE_CHECKING:
+    from byzbench.privacy.secagg import Channel
+
+# What a defense needs from the server's view under secure aggregation (Defense.secure_view):
+#   sum         one secure weighted sum of the updates (FedAvg);
+#   protocol    several secure sums of quantities each client computes from its own update
+#               and what the server broadcast (RFA's Weiszfeld steps, centered clipping);
+#   signatures  verifies each client's signature over its masked message (a pipeline layer
+#               before one that aggregates; alone it aggregates by one secure sum);
+#   plaintext   each client's update: it cannot run under secure aggregation.
+SecureView = Literal["sum", "protocol", "signatures", "plaintext"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +180,8 @@ class Defense(Component):
     scheme clients must sign with, ``None``: no signing), ``stateless`` (``aggregate`` never
     changes the instance: :meth:`preview` may then run on it directly), ``sees_nonfinite``
     (the rule wants every row as sent), ``mixes_rows`` (a layer whose ``passed`` rows are
-    groups of clients).
+    groups of clients), ``secure_view`` (what it needs under secure aggregation, see
+    :data:`SecureView`; all but ``plaintext`` implement :meth:`secure_aggregate`).
     """
 
     Params: ClassVar[type[DefenseParams]] = DefenseParams
@@ -179,7 +192,31 @@ class Defense(Component):
     stateless: ClassVar[bool] = False
     sees_nonfinite: ClassVar[bool] = False
     mixes_rows: ClassVar[bool] = False
+    secure_view: ClassVar[SecureView] = "plaintext"
     cell: DefenseSetup | None = None
+
+    def secure_requirement(self) -> str | None:
+        """Why this defense cannot run under secure aggregation (the cell is then skipped
+        with that reason, which starts with "secure aggregation:"), or ``None`` if it can."""
+        if self.secure_view != "plaintext":
+            return None
+        name = self.name or type(self).__name__
+        why = f" ({name}: {self.privacy.note})" if self.privacy.note else ""
+        return (f"secure aggregation: {name} needs each client's plaintext update; the "
+                f"server sees only masked vectors and their sum{why}")
+
+    def secure_prepare(self, channel: Channel) -> None:
+        """Under secure aggregation, what a pipeline layer before the aggregating one does to
+        the round's channel (a signature layer makes the server verify masked messages)."""
+
+    def secure_aggregate(self, channel: Channel, ctx: RoundContext) -> Verdict:
+        """The rule under secure aggregation: a verdict from secure sums only
+        (``channel.secure_sum``), never an individual update. ``ctx.weights`` holds the
+        weights the server asks for (:meth:`initial_weights`); the verdict's ``weights``
+        are those nominal weights (the effective ones are the clients' secret), and
+        ``flagged`` is ``None``: the server sees no individual client."""
+        raise NotImplementedError(f"{self.name} declares secure_view "
+                                  f"'{self.secure_view}' but implements no secure_aggregate")
 
     @property
     def needs_signatures(self) -> bool:

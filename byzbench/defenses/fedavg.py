@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.base import (
+    Defense,
+    DefenseParams,
+    Privacy,
+    RoundContext,
+    SecureView,
+    Verdict,
+)
 from byzbench.registry import DEFENSES
+
+if TYPE_CHECKING:
+    from byzbench.privacy.secagg import Channel
 
 
 class FedAvgParams(DefenseParams):
@@ -30,13 +40,27 @@ class FedAvg(Defense):
                                          note="works under secure aggregation")
     stateless: ClassVar[bool] = True
     sees_nonfinite: ClassVar[bool] = True
+    secure_view: ClassVar[SecureView] = "sum"
 
-    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
-        weights = ctx.weights.to(updates.device, updates.dtype)
+    def client_weights(self, ctx: RoundContext, device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """[n] the normalized weights w_i (incoming weight × sample count, or uniform)."""
+        weights = ctx.weights.to(device, dtype)
         top = weights.max()
         # uniform weights become exactly 1, so sample weights are used unrounded
         weights = weights / top if bool(top > 0) else torch.ones_like(weights)
         if self.params.weighting == "samples":
-            weights = weights * ctx.num_samples.to(updates.device, updates.dtype)
-        weights = weights / weights.sum()
+            weights = weights * ctx.num_samples.to(device, dtype)
+        return weights / weights.sum()
+
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
+        weights = self.client_weights(ctx, updates.device, updates.dtype)
         return Verdict(aggregate=weights @ updates, weights=weights, flagged=None)
+
+    def secure_aggregate(self, channel: Channel, ctx: RoundContext) -> Verdict:
+        """One secure sum: the server tells client i its weight w_i, the client submits
+        w_i·Δ_i (each within [-range, range], as Σ w_i = 1)."""
+        weights = self.client_weights(ctx, ctx.num_samples.device, torch.float64)
+        total = channel.secure_sum(lambda x: weights.to(x.device).unsqueeze(1) * x.double(),
+                                   bound=channel.range)
+        return Verdict(aggregate=total, weights=weights, flagged=None)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, ValidationError, field_validator
@@ -49,6 +49,9 @@ from byzbench.defenses.base import (
 )
 from byzbench.defenses.geometry import normalized_weights
 from byzbench.registry import DEFENSES, UnknownComponentError, split_spec
+
+if TYPE_CHECKING:
+    from byzbench.privacy.secagg import Channel
 
 LayerSpec = str | dict[str, Any]
 
@@ -125,6 +128,9 @@ class Composite(Defense):
         self.privacy = Privacy.union((layer.name, layer.privacy) for layer in self.layers)
         self.stateless = all(layer.stateless for layer in self.layers)
         self.sees_nonfinite = self.layers[0].sees_nonfinite
+        self.secure_view = ("plaintext" if self.secure_requirement() is not None else
+                            "protocol" if any(layer.secure_view == "protocol"
+                                              for layer in self.layers) else "sum")
 
     @property
     def label(self) -> str:
@@ -142,6 +148,33 @@ class Composite(Defense):
             if reason is not None:
                 return f"layer {i} ({layer.name}): {reason}"
         return None
+
+    def secure_requirement(self) -> str | None:
+        """Under secure aggregation a pipeline runs when its last layer can, and every layer
+        before it only checks the masked messages (signatures): any other layer hands
+        per-client rows on, which the server never sees."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            reason = layer.secure_requirement()
+            if reason is not None:
+                return (f"secure aggregation: layer {i} ({layer.name}): "
+                        f"{reason.removeprefix('secure aggregation: ')}")
+            if i < last and layer.secure_view != "signatures":
+                return (f"secure aggregation: layer {i} ({layer.name}) would hand each "
+                        f"client's row to the next layer, but the server sees only masked "
+                        f"vectors and their sum (only signature layers may come before the "
+                        f"aggregating layer)")
+        return None
+
+    def secure_aggregate(self, channel: Channel, ctx: RoundContext) -> Verdict:
+        for layer in self.layers[:-1]:
+            layer.secure_prepare(channel)
+        verdict = self.layers[-1].secure_aggregate(channel, ctx)
+        checked = any(layer.secure_view == "signatures" for layer in self.layers[:-1])
+        if checked and verdict.flagged is None:  # every masked message verified
+            verdict = replace(verdict, flagged=torch.zeros(channel.n, dtype=torch.bool,
+                                                           device=verdict.weights.device))
+        return verdict
 
     def root_data_size(self) -> int:
         return max(layer.root_data_size() for layer in self.layers)

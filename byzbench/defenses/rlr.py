@@ -3,13 +3,23 @@ learning rate whose sign follows the clients' sign agreement."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
+from byzbench.defenses.base import (
+    Defense,
+    DefenseParams,
+    Privacy,
+    RoundContext,
+    SecureView,
+    Verdict,
+)
 from byzbench.registry import DEFENSES
+
+if TYPE_CHECKING:
+    from byzbench.privacy.secagg import Channel
 
 # θ as a fraction of the round's n when no threshold is given: the paper's Fashion-MNIST
 # setting (θ = 4 with 10 agents, one of them corrupt)
@@ -39,7 +49,8 @@ class RobustLearningRate(Defense):
     """Robust learning rate (Ozdayi, Kantarcioglu & Gel, AAAI 2021): per coordinate j, the
     server learning rate is η when the sign agreement |Σ_i sign(Δ_ij)| ≥ θ and −η when it is
     below θ; aggregate = lr ⊙ (weighted mean of the updates), the engine applying η. Flags
-    nobody (flagged = None, except non-finite rows); as a layer it passes lr ⊙ Δ_i on."""
+    nobody (flagged = None, except non-finite rows); as a layer it passes lr ⊙ Δ_i on.
+    Under secure aggregation one secure sum of (w_i Δ_i, sign(Δ_i)) gives both."""
 
     Params: ClassVar[type[RlrParams]] = RlrParams
     paper: ClassVar[str] = ("Ozdayi, Kantarcioglu & Gel, Defending against Backdoors in "
@@ -49,6 +60,7 @@ class RobustLearningRate(Defense):
         note="needs only two sums, of the updates and of their signs (clients send sign(Δ_i) "
              "too), which secure aggregation can compute")
     stateless: ClassVar[bool] = True
+    secure_view: ClassVar[SecureView] = "sum"
 
     def threshold(self, n: int) -> float:
         """θ for a round of ``n`` rows."""
@@ -56,15 +68,33 @@ class RobustLearningRate(Defense):
             return float(self.params.threshold)
         return DEFAULT_THRESHOLD_FRACTION * n
 
-    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
-        n = updates.shape[0]
-        weights = ctx.weights.to(updates.device, updates.dtype)
+    def client_weights(self, ctx: RoundContext, n: int, device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+        weights = ctx.weights.to(device, dtype)
         top = weights.max()
         weights = weights / top if bool(top > 0) else torch.ones_like(weights)
         if self.params.weighting == "samples":
-            weights = weights * ctx.num_samples.to(updates.device, updates.dtype)
+            weights = weights * ctx.num_samples.to(device, dtype)
         total = weights.sum()
-        weights = weights / total if bool(total > 0) else torch.full_like(weights, 1.0 / n)
+        return weights / total if bool(total > 0) else torch.full_like(weights, 1.0 / n)
+
+    def secure_aggregate(self, channel: Channel, ctx: RoundContext) -> Verdict:
+        n, d = channel.n, channel.dim
+        weights = self.client_weights(ctx, n, ctx.num_samples.device, torch.float64)
+        total = channel.secure_sum(
+            lambda x: torch.cat([weights.to(x.device).unsqueeze(1) * x.double(),
+                                 torch.sign(x).double()], dim=1),
+            bound=max(channel.range, 1.0))
+        theta = self.threshold(n)
+        lr = torch.where(total[d:].abs().round() >= theta, 1.0, -1.0).to(total.dtype)
+        return Verdict(aggregate=lr * total[:d], weights=weights, flagged=None,
+                       diagnostics={"threshold": theta,
+                                    "flipped": float((lr < 0).to(torch.float64).mean())
+                                    if lr.numel() else 0.0})
+
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
+        n = updates.shape[0]
+        weights = self.client_weights(ctx, n, updates.device, updates.dtype)
         theta = self.threshold(n)
         agree = sign_agreement(updates)
         lr = torch.where(agree >= theta, 1.0, -1.0).to(updates.dtype)

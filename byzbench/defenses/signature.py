@@ -7,12 +7,17 @@ Tampered payloads, replays (old round or nonce), unknown ids, messages re-labell
 another client, messages signed by another key, malformed headers and messages dropped in
 transit are rejected (flagged); none of them raises. A malicious
 client that signs its own poisoned update passes: that is for later layers to catch.
+
+Under secure aggregation the signed digest is that of each masked message
+(:class:`~byzbench.privacy.secagg.SecureChannel`): the layer makes the server verify every
+masked message before unmasking; one that fails aborts the round (without dropout recovery
+its masks cannot be removed).
 """
 
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -24,10 +29,14 @@ from byzbench.defenses.base import (
     DefenseSetup,
     Privacy,
     RoundContext,
+    SecureView,
     Verdict,
 )
 from byzbench.defenses.geometry import mean_of, normalized_weights
 from byzbench.registry import DEFENSES
+
+if TYPE_CHECKING:
+    from byzbench.privacy.secagg import Channel
 
 
 class EcdsaParams(DefenseParams):
@@ -50,9 +59,11 @@ class Ecdsa(Defense):
                             "Bernstein et al., High-speed high-security signatures, CHES 2011 "
                             "(Ed25519)")
     privacy: ClassVar[Privacy] = Privacy(
-        needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
-        note="hashes each plaintext update to verify it; stores only registered public keys")
+        needs_plaintext_updates=False, needs_server_data=False, keeps_client_state=False,
+        note="hashes each update as sent to verify it: the masked message under secure "
+             "aggregation; stores only registered public keys")
     stateless: ClassVar[bool] = True
+    secure_view: ClassVar[SecureView] = "signatures"
 
     def __init__(self, params: EcdsaParams | None = None) -> None:
         super().__init__(params)
@@ -98,6 +109,21 @@ class Ecdsa(Defense):
         accepted = (torch.as_tensor(valid, dtype=torch.bool)
                     & torch.tensor(same_id, dtype=torch.bool)).to(updates.device)
         return accepted, rejections, seconds
+
+    def secure_prepare(self, channel: Channel) -> None:
+        if self.public_keys is None:
+            raise RuntimeError("ecdsa needs the registered public keys: setup() got none")
+        channel.require_signatures(self.public_keys)
+
+    def secure_aggregate(self, channel: Channel, ctx: RoundContext) -> Verdict:
+        """Verify every masked message, then one secure sum of w_i·Δ_i (the weighted mean
+        of the accepted clients, all of them: a rejection aborts the round)."""
+        self.secure_prepare(channel)
+        w = normalized_weights(ctx.weights.to(ctx.num_samples.device, torch.float64))
+        total = channel.secure_sum(lambda x: w.to(x.device).unsqueeze(1) * x.double(),
+                                   bound=channel.range)
+        return Verdict(aggregate=total, weights=w,
+                       flagged=torch.zeros(channel.n, dtype=torch.bool, device=w.device))
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         accepted, rejections, seconds = self.verify(updates, ctx)

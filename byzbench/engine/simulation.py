@@ -23,6 +23,15 @@ asynchronous pinned copies, the defense is timed with CUDA events, and the round
 (detection counts, divergence, evaluation) come back in one device-to-host copy at its end.
 The only other copy of the engine's is the signature layer's, which hashes the update bytes
 once per round on the host; an attack or defense may add its own.
+
+Secure aggregation (``privacy.secure_aggregation``: ``secagg`` or ``secagg+``): once the
+attack has written the malicious rows, the updates stay with the clients. The defense's
+:meth:`~byzbench.defenses.base.Defense.secure_aggregate` gets a
+:class:`~byzbench.privacy.secagg.SecureChannel` instead of the update matrix, and sees only
+the unmasked sums of what it asks the clients to compute (see :mod:`byzbench.privacy.secagg`
+for the protocol and its threat model); a defense that needs plaintext updates makes the
+cell skipped, with a reason that starts with "secure aggregation:". Signatures then cover
+the masked messages. The round records ``secagg_ms`` (masking + unmasking, all its sums).
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from byzbench.engine.training import (
 from byzbench.metrics import detection_counts, durability, summarize_rounds
 from byzbench.models import BatchedModel
 from byzbench.privacy.dp import DPMechanism, clip_rows
+from byzbench.privacy.secagg import PlainChannel, SecureAbort, SecureChannel
 from byzbench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONS
 from byzbench.seeding import numpy_rng, torch_generator
 from byzbench.threat import assumed_malicious
@@ -95,9 +105,21 @@ def assumed_f(config: CellConfig, defense: Defense) -> int:
 
 
 def skip_reason(config: CellConfig) -> str | None:
-    """Why the cell's defense cannot run with its n and f, or None (cheap: no data loaded)."""
+    """Why the cell's defense cannot run with its n and f, or under the cell's secure
+    aggregation, or None (cheap: no data loaded)."""
     defense = build(DEFENSES, config.defense)
-    return defense.requirement(config.participants, assumed_f(config, defense))
+    return (defense.requirement(config.participants, assumed_f(config, defense))
+            or secure_skip_reason(config, defense, ATTACKS.get(config.attack.name).stage))
+
+
+def secure_skip_reason(config: CellConfig, defense: Defense, attack_stage: str) -> str | None:
+    """Why the cell cannot run under its secure aggregation, or None (also None without)."""
+    if config.privacy.secure_aggregation == "none":
+        return None
+    if attack_stage == "transport":
+        return ("secure aggregation: transport attacks on masked messages are not modelled "
+                "(the attack alters plaintext updates in transit)")
+    return defense.secure_requirement()
 
 
 class Simulation:
@@ -110,7 +132,8 @@ class Simulation:
         self.defense: Defense = build(DEFENSES, c.defense)
         self.attack: Attack = build(ATTACKS, c.attack)
         self.f_assumed = assumed_f(c, self.defense)
-        reason = self.defense.requirement(c.participants, self.f_assumed)
+        reason = (self.defense.requirement(c.participants, self.f_assumed)
+                  or secure_skip_reason(c, self.defense, self.attack.stage))
         if reason:
             raise SkipCell(reason)
         self.dp = DPMechanism.from_config(c.privacy.dp, c.clients, c.participants, c.rounds)
@@ -269,8 +292,9 @@ class Simulation:
         if self.dp is not None:
             updates = self._dp_clients(updates, truth, r)
 
-        messages, sign_s = None, None
-        if self.keyring is not None:
+        secure = c.privacy.secure_aggregation != "none"
+        messages, sign_s, secagg_s = None, None, None
+        if self.keyring is not None and not secure:
             # the one host copy of a round: the signature layer hashes the update bytes
             messages, sign_s = self.keyring.sign_round(clients.tolist(), r, nonce, updates)
         if attack_on and self.attack.stage == "transport" and any_malicious:
@@ -284,7 +308,10 @@ class Simulation:
                 updates = self._dp_clients(updates, truth, r)
 
         timer = _Timer(dev)
-        verdict = self.defense(updates, replace(rctx, messages=messages))
+        if secure:
+            verdict, secagg_s, sign_s = self._secure_verdict(updates, rctx, clients)
+        else:
+            verdict = self.defense(updates, replace(rctx, messages=messages))
         timer.stop()
         n = len(clients)
         check_verdict(self.defense, verdict, n, self.model.dim, values=False)
@@ -321,6 +348,7 @@ class Simulation:
                                "agg_ms": timer.seconds() * 1e3,
                                "sign_ms": None if sign_s is None else sign_s * 1e3,
                                "verify_ms": _ms(verdict.verify_seconds),
+                               "secagg_ms": _ms(secagg_s),
                                "finite": finite,
                                "diagnostics": diagnostics_json(verdict.diagnostics)}
         row.update(detection_counts(flagged_h, truth_h))
@@ -344,6 +372,31 @@ class Simulation:
         return self.dp.client_side(updates, ~attacker,
                                    torch_generator(self.seed, "dp-local", r))
 
+    def _secure_verdict(self, updates: torch.Tensor, rctx: RoundContext, clients: np.ndarray
+                        ) -> tuple[Verdict, float, float | None]:
+        """The round under secure aggregation: the defense runs its protocol on a channel
+        that holds the clients' updates client-side; returns (verdict, seconds of masking
+        and unmasking, seconds of signing the masked messages or None)."""
+        c = self.config
+        channel = SecureChannel(updates, c.privacy.secagg, c.privacy.secure_aggregation,
+                                clients.tolist(), rctx.round,
+                                numpy_rng(self.seed, "secagg-graph", rctx.round),
+                                keyring=self.keyring, nonce=rctx.nonce)
+        ctx = replace(rctx, weights=self.defense.initial_weights(
+            updates.new_empty(len(clients), 0), rctx))
+        try:
+            verdict = self.defense.secure_aggregate(channel, ctx)
+        except SecureAbort as abort:  # no dropout recovery: the round yields nothing
+            n = len(clients)
+            verdict = Verdict(aggregate=updates.new_zeros(self.model.dim),
+                              weights=updates.new_zeros(n),
+                              flagged=torch.from_numpy(abort.rejected).to(updates.device),
+                              diagnostics={"secagg": "aborted"})
+        if channel.registry is not None:
+            verdict = replace(verdict, verify_seconds=channel.verify_seconds)
+        sign_s = channel.sign_seconds if self.keyring is not None else None
+        return verdict, channel.timings.total, sign_s
+
     def _oracle(self, clients: np.ndarray, rctx: RoundContext
                 ) -> Callable[[torch.Tensor], Verdict]:
         """The round's defense as a side-effect-free callable on a hypothetical ``[n, d]``
@@ -355,6 +408,19 @@ class Simulation:
         the rows are clipped as the server clips them."""
         keyring, defense, seed = self.keyring, self.defense, self.seed
         dp = self.dp
+        secagg = self.config.privacy.secagg
+        if self.config.privacy.secure_aggregation != "none":
+            # the attacker's offline copy of the protocol: the same sums, no masks
+            def secure_oracle(rows: torch.Tensor) -> Verdict:
+                target = defense if defense.stateless else defense._scratch_copy()
+                if dp is not None and dp.mode == "central":
+                    rows = clip_rows(rows, dp.clip)
+                ctx = replace(rctx, generator=torch_generator(seed, "oracle", rctx.round))
+                ctx = replace(ctx, weights=target.initial_weights(
+                    rows.new_empty(rows.shape[0], 0), ctx))
+                return target.secure_aggregate(PlainChannel(rows, secagg), ctx)
+
+            return secure_oracle
 
         def oracle(rows: torch.Tensor) -> Verdict:
             # built per call, so a round whose attack never asks pays nothing for it
@@ -397,6 +463,11 @@ class _Timer:
             self.end.synchronize()
             return self.start.elapsed_time(self.end) / 1e3
         return self.t1 - self.t0
+
+
+def _median_of(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -447,6 +518,8 @@ def run_cell(config: CellConfig, device: torch.device | None = None) -> CellResu
     summary = summarize_rounds(rounds)
     if sim.triggered is not None and not sim.attack.benign:
         summary.update(durability(rounds, sim.attack.last_active_round(config.rounds)))
+    summary["secure_aggregation"] = config.privacy.secure_aggregation
+    summary["secagg_ms"] = _median_of(r.get("secagg_ms") for r in rounds)
     summary.update({"d": sim.model.dim, "f": config.num_malicious,
                     "clients": config.clients, "device": sim.device.type,
                     "threads": torch.get_num_threads()})
@@ -457,4 +530,5 @@ def run_cell(config: CellConfig, device: torch.device | None = None) -> CellResu
                       wall_s=time.perf_counter() - start)
 
 
-__all__ = ["CellResult", "Simulation", "SkipCell", "run_cell", "skip_reason"]
+__all__ = ["CellResult", "Simulation", "SkipCell", "run_cell", "secure_skip_reason",
+           "skip_reason"]
