@@ -6,10 +6,10 @@ verifies signatures, every client signs its message and transport attacks alter 
 transit; the defense returns a :class:`~byzbench.defenses.base.Verdict` and
 θ ← θ + η_server · aggregate; detection counts and timings are recorded, and every
 ``eval_every`` rounds (and after the last) the test accuracy, loss and backdoor ASR.
-With ``privacy.dp`` (:mod:`byzbench.privacy.dp`, DP-FedAvg) the rows are clipped (central)
-or the honest ones clipped and noised (local) once the attack has written its rows, the
-server adds its noise to the verdict's aggregate (central), and each round's row carries
-the cumulative ε.
+With ``privacy.dp`` (:mod:`byzbench.privacy.dp`, DP-FedAvg) the honest clients clip and
+noise their updates before the attack reads them (local), or every row is clipped once the
+attack has written its rows (central) and the server adds its noise to the verdict's
+aggregate; each round's row carries the cumulative ε.
 
 Call :func:`run_cell` with a :class:`~byzbench.config.CellConfig` (for example
 ``load_grid("configs/quick.yaml").cells[0].config``); it returns a :class:`CellResult`.
@@ -286,11 +286,14 @@ class Simulation:
                             defense_name=c.defense.name, nonce=nonce,
                             oracle=self._oracle(clients, rctx) if self.attack.aware else None,
                             global_params=self.theta)
+        if self.dp is not None and self.dp.mode == "local":
+            # honest clients noise what they send: an attack that knows their updates sees this
+            updates = self._dp_clients(updates, truth, r)
         if attack_on and any_malicious and self.attack.stage != "transport":
             poisoned = self.attack.poison_updates(updates.clone(), ctx)
             updates = torch.where(malicious.unsqueeze(1), poisoned.to(updates.dtype), updates)
-        if self.dp is not None:
-            updates = self._dp_clients(updates, truth, r)
+        if self.dp is not None and self.dp.mode == "central":
+            updates = self._dp_clients(updates, truth, r)  # the server's norm bound
 
         secure = c.privacy.secure_aggregation != "none"
         messages, sign_s, secagg_s = None, None, None

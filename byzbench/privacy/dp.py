@@ -23,9 +23,11 @@ quantity differentially private. Two places for the noise (``privacy.dp.mode``):
 
 ``local``
     Each honest client clips its own update and adds N(0, (σ·C)²) before it leaves the
-    client (after the attack wrote the malicious rows; before signing and before the
-    defense). Malicious clients are the attack's: they skip both clipping and noise (the
-    noise cannot be verified, and a poisoned row gains nothing from it). Privacy unit: one
+    client — so an attack that knows the honest updates (``full`` knowledge) sees them
+    noised, as the server and any eavesdropper do; the noise is drawn before the attack
+    writes its rows, before signing and before the defense. Malicious clients are the
+    attack's: they skip both clipping and noise (the noise cannot be verified, and a
+    poisoned row gains nothing from it). Privacy unit: one
     client's release per round; a client's update can be replaced by any other of norm ≤ C,
     so the L2 sensitivity of its clipped update is 2C (replace-one, the local-DP relation:
     Dwork & Roth, The Algorithmic Foundations of Differential Privacy, 2014, Def. 3.8 with
@@ -149,7 +151,7 @@ class DPMechanism:
         """What leaves the clients: ``central`` → every row clipped (the norm bound the
         server enforces, applied where the row is formed so that signatures cover it);
         ``local`` → honest rows (bool mask ``honest`` [n]) clipped and noised with std σ·C,
-        malicious rows as the attack wrote them. The noise is drawn on the host from
+        malicious rows left as they are (the attack's). The noise is drawn on the host from
         ``generator`` for all n rows (so it does not depend on which rows are honest) and
         copied to the updates' device."""
         if self.mode == "central":
