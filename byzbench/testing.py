@@ -19,7 +19,11 @@ when it holds root data):
   weights and leaves the aggregate unchanged, on a round whose outliers are unmistakable;
 - :meth:`~byzbench.defenses.base.Defense.preview` leaves the defense's state unchanged and
   returns what the round itself returns; a defense that declares ``stateless`` does not
-  change its attributes in a round either.
+  change its attributes in a round either;
+- secure aggregation: a defense that cannot run under it says why in a reason starting
+  with "secure aggregation:"; one that can runs :meth:`Defense.secure_aggregate` on a real
+  :class:`~byzbench.privacy.secagg.SecureChannel` (signed masked messages when it verifies
+  signatures) and its verdict keeps the contract with a finite aggregate.
 
 :func:`check_attack` checks metadata the same way, then runs the attack's hook for its stage
 on a small round: shapes and dtypes of what it returns, inputs left untouched, the same
@@ -276,6 +280,33 @@ def check_defense(cls: type[Defense], params: Mapping[str, Any] | None = None, *
     problem = _verdicts_match(previewed, real) or _verdicts_match(after_probe, real)
     if problem:
         raise _fail(who, "preview", f"the preview and the round itself disagree: {problem}")
+    _check_secure(cls, params, rnd, f, who)
+
+
+def _check_secure(cls: type[Defense], params: Mapping[str, Any], rnd: _Round, f: int,
+                  who: str) -> None:
+    from byzbench.config import SecAggConfig
+    from byzbench.privacy.secagg import SecureChannel
+
+    defense = rnd.setup(_build(cls, params), f)
+    reason = defense.secure_requirement()
+    if reason is not None:
+        if not reason.startswith("secure aggregation: "):
+            raise _fail(who, "secure aggregation", f"a skip reason must start with "
+                                                   f"'secure aggregation: ', got {reason!r}")
+        return
+    x = rnd.honest.clone()
+    ctx = rnd.context(x, f)
+    ctx = replace(ctx, messages=None, weights=defense.initial_weights(x.new_empty(rnd.n, 0),
+                                                                      ctx))
+    channel = SecureChannel(x, SecAggConfig(range=10.0), "secagg", range(rnd.n), 0,
+                            np.random.default_rng(0), keyring=rnd.keys, nonce=b"conformance")
+    try:
+        verdict = check_verdict(defense, defense.secure_aggregate(channel, ctx), rnd.n, rnd.d)
+    except VerdictError as exc:
+        raise _fail(who, "secure aggregation", str(exc)) from None
+    if not bool(torch.isfinite(verdict.aggregate).all()):
+        raise _fail(who, "secure aggregation", "secure_aggregate gave a non-finite aggregate")
 
 
 # ------------------------------------------------------------------------------- attacks

@@ -201,6 +201,15 @@ class Attack(Component):
                             torch.zeros(updates.shape[0], dtype=torch.bool,
                                         device=updates.device))
 
+    def secure_quantities(self, step: int, quantities: torch.Tensor, ctx: AttackContext
+                          ) -> torch.Tensor | None:
+        """Under secure aggregation: what the malicious clients submit to the round's
+        ``step``-th secure sum, given the ``[n, k]`` quantities the protocol asked every
+        client to compute (from its own, already poisoned, update); only rows in
+        ``ctx.malicious`` count, each is clipped to the sum's bound. ``None`` (the default):
+        they run the protocol honestly."""
+        return None
+
     def triggered_testset(self, x: torch.Tensor, y: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Backdoors: the triggered test samples whose true label ≠ target, and the target

@@ -128,6 +128,8 @@ class Composite(Defense):
         self.privacy = Privacy.union((layer.name, layer.privacy) for layer in self.layers)
         self.stateless = all(layer.stateless for layer in self.layers)
         self.sees_nonfinite = self.layers[0].sees_nonfinite
+        if self.secure_requirement() is not None:  # e.g. fedavg before geomed
+            self.privacy = replace(self.privacy, needs_plaintext_updates=True)
         self.secure_view = ("plaintext" if self.secure_requirement() is not None else
                             "protocol" if any(layer.secure_view == "protocol"
                                               for layer in self.layers) else "sum")

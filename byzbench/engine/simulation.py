@@ -312,7 +312,8 @@ class Simulation:
 
         timer = _Timer(dev)
         if secure:
-            verdict, secagg_s, sign_s = self._secure_verdict(updates, rctx, clients)
+            verdict, secagg_s, sign_s = self._secure_verdict(
+                updates, rctx, clients, ctx if attack_on and any_malicious else None)
         else:
             verdict = self.defense(updates, replace(rctx, messages=messages))
         timer.stop()
@@ -375,16 +376,25 @@ class Simulation:
         return self.dp.client_side(updates, ~attacker,
                                    torch_generator(self.seed, "dp-local", r))
 
-    def _secure_verdict(self, updates: torch.Tensor, rctx: RoundContext, clients: np.ndarray
-                        ) -> tuple[Verdict, float, float | None]:
+    def _secure_verdict(self, updates: torch.Tensor, rctx: RoundContext, clients: np.ndarray,
+                        actx: AttackContext | None) -> tuple[Verdict, float, float | None]:
         """The round under secure aggregation: the defense runs its protocol on a channel
-        that holds the clients' updates client-side; returns (verdict, seconds of masking
-        and unmasking, seconds of signing the masked messages or None)."""
+        that holds the clients' updates client-side (malicious clients may deviate in what
+        they submit: :meth:`Attack.secure_quantities`, when ``actx`` is given); returns
+        (verdict, seconds of masking and unmasking, seconds of signing or None)."""
         c = self.config
         channel = SecureChannel(updates, c.privacy.secagg, c.privacy.secure_aggregation,
                                 clients.tolist(), rctx.round,
                                 numpy_rng(self.seed, "secagg-graph", rctx.round),
                                 keyring=self.keyring, nonce=rctx.nonce)
+        if actx is not None:
+            attack = self.attack
+
+            def deviate(step: int, quantities: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+                out = attack.secure_quantities(step, quantities, actx)
+                return quantities if out is None else out
+
+            channel.deviate, channel.malicious = deviate, actx.malicious
         ctx = replace(rctx, weights=self.defense.initial_weights(
             updates.new_empty(len(clients), 0), rctx))
         try:
