@@ -19,6 +19,7 @@ from byzbench.privacy.dp import DPMechanism
 
 runner = CliRunner()
 SETTINGS = [{"label": "none"},
+            {"label": "SecAgg+", "secure_aggregation": "secagg+"},
             {"label": "central ε=8", "dp": {"mode": "central", "epsilon": 8}},
             {"label": "local σ=2", "dp": {"mode": "local", "sigma": 2.0, "clip": 0.5}}]
 
@@ -48,18 +49,34 @@ def test_privacy_table_numbers_equal_the_database_rows(privacy_run: Path):
     table = pd.read_csv(privacy_run / "rep" / "privacy.csv")
     cells = _cells(privacy_run / "res" / "results.db")
     cells["setting"] = [json.loads(a)["privacy"] for a in cells["axes"]]
-    assert len(table) == 2 * 3  # defenses × settings
-    names = {"none": "none", "central ε=8": "central DP ε=8", "local σ=2": "local DP σ=2"}
-    for _, row in cells.groupby(["defense", "setting"]).first().reset_index().iterrows():
+    assert len(table) == 2 * 4  # defenses × settings
+    names = {"none": "none", "SecAgg+": "SecAgg+", "central ε=8": "central DP ε=8",
+             "local σ=2": "local DP σ=2"}
+    # under SecAgg+ krum is skipped with the secure aggregation reason, fedavg runs and is timed
+    krum = table[(table["defense"] == "krum") & (table["privacy"] == "SecAgg+")].iloc[0]
+    assert krum["cells_done"] == 0 and krum["cells_skipped"] == 3
+    assert krum["skip_reason"].startswith("secure aggregation:")
+    fedavg = table[(table["defense"] == "fedavg") & (table["privacy"] == "SecAgg+")].iloc[0]
+    assert fedavg["cells_done"] == 3 and fedavg["secagg_ms"] > 0
+    with sqlite3.connect(privacy_run / "res" / "results.db") as conn:
+        timed = pd.read_sql_query(
+            "SELECT r.cell_id, r.secagg_ms FROM rounds r JOIN cells c USING (cell_id) WHERE "
+            "c.defense = 'fedavg' AND c.config LIKE '%\"secure_aggregation\": \"secagg+\"%'",
+            conn)
+    assert len(timed) == 3 * 3 and (timed["secagg_ms"] > 0).all()
+    per_cell = timed.groupby("cell_id")["secagg_ms"].median()
+    assert fedavg["secagg_ms"] == pytest.approx(per_cell.median())
+    done = cells[cells["status"] == "done"]
+    for _, row in done.groupby(["defense", "setting"]).first().reset_index().iterrows():
         got = table[(table["defense"] == row["defense"])
                     & (table["privacy"] == names[row["setting"]])].iloc[0]
-        group = cells[(cells["defense"] == row["defense"]) & (cells["setting"] == row["setting"])]
+        group = done[(done["defense"] == row["defense"]) & (done["setting"] == row["setting"])]
         attacked = group[group["attack"] != "none"]
         assert got["clean_accuracy"] == pytest.approx(
             group.loc[group["attack"] == "none", "accuracy"].iloc[0])
         assert got["attacked_accuracy"] == pytest.approx(attacked["accuracy"].mean())
         assert got["worst_accuracy"] == pytest.approx(attacked["accuracy"].min())
-        if row["setting"] == "none":
+        if row["setting"] in ("none", "SecAgg+"):
             assert math.isinf(got["epsilon"]) and got["dp_mode"] == "none"
         else:
             assert got["epsilon"] == pytest.approx(group["epsilon"].mean())
@@ -85,7 +102,8 @@ def test_privacy_section_in_the_documents(privacy_run: Path):
     md = (privacy_run / "rep" / "report.md").read_text()
     assert "## Privacy, measured" in md
     section = md[md.index("## Privacy, measured"):]
-    assert "| defense | none | central DP ε=8 | local DP σ=2 |" in section
+    assert "| defense | none | SecAgg+ | central DP ε=8 | local DP σ=2 |" in section
+    assert "| krum | skipped: secure aggregation: krum needs" in section
     assert "the ε each setting spent" in section
 
 
