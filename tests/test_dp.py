@@ -177,3 +177,21 @@ def test_dp_cell_reproduces_bit_for_bit_and_records_epsilon():
 def test_cells_without_dp_record_no_epsilon():
     result = run_cell(_config())
     assert "epsilon" not in result.rounds[0] and "epsilon" not in result.summary
+
+
+def test_central_dp_under_secure_aggregation_adds_its_noise_to_the_secure_sum():
+    base = {**TINY_BASE, "rounds": 2, "clients": 8}
+    from byzbench.config import grid_from_dict
+
+    def config(privacy):
+        return grid_from_dict({"name": "t", "base": {**base, "privacy": privacy},
+                               "grid": {}}).cells[0].config
+
+    secure = run_cell(config({"secure_aggregation": "secagg+"}))
+    both = run_cell(config({"secure_aggregation": "secagg+",
+                            "dp": {"mode": "central", "epsilon": 8.0, "clip": 0.3}}))
+    assert secure.status == both.status == "done"
+    assert both.summary["secure_aggregation"] == "secagg+"
+    assert both.summary["epsilon"] == pytest.approx(8.0, rel=1e-2)
+    assert all(r["secagg_ms"] > 0 for r in both.rounds)
+    assert [r["loss"] for r in both.rounds] != [r["loss"] for r in secure.rounds]
