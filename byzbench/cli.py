@@ -215,14 +215,27 @@ def _cpu_count() -> int:
 
 
 def _print_cells(grid: Any, directory: Path) -> None:
+    from byzbench.engine.simulation import skip_reason
+
     table = Table(title=f"{grid.name}: {len(grid.cells)} cells → {directory}")
     table.add_column("cell id", style="dim")
     keys = list(grid.cells[0].axes) if grid.cells else []
     for key in keys:
         table.add_column(key)
-    for cell in grid.cells:
-        table.add_row(cell.id, *(str(cell.axes.get(k)) for k in keys))
+    reasons = [_skip_reason_or_none(skip_reason, cell.config) for cell in grid.cells]
+    if any(reasons):  # cells the run will skip, and why (cheap: no data loaded)
+        table.add_column("skipped (why)", style="yellow")
+    for cell, reason in zip(grid.cells, reasons):
+        row = [cell.id, *(str(cell.axes.get(k)) for k in keys)]
+        table.add_row(*row, *([reason or ""] if any(reasons) else []))
     console.print(table)
+
+
+def _skip_reason_or_none(skip_reason: Any, config: Any) -> str | None:
+    try:
+        return skip_reason(config)
+    except Exception:  # a component that fails to build fails its cell when run
+        return None
 
 
 def _print_summary(summary: Any) -> None:

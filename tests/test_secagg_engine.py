@@ -135,6 +135,9 @@ def test_plaintext_defenses_are_skipped_end_to_end(tmp_path: Path):
     assert rows["krum"].startswith("skipped: secure aggregation: krum needs each client's "
                                    "plaintext update")
     assert secagg_ms[0] == 2 * TINY_BASE["rounds"]
+    dry = runner.invoke(app, ["run", str(grid), "--dry-run"], env={"COLUMNS": "400"})
+    assert dry.exit_code == 0 and "skipped (why)" in dry.output
+    assert "secure aggregation: krum needs" in dry.output
     strict = runner.invoke(app, ["run", str(grid), "-o", str(tmp_path / "s"), "--strict"])
     assert strict.exit_code == 2 and "secure aggregation: krum" in strict.output
     report = runner.invoke(app, ["report", str(out)])
@@ -150,3 +153,21 @@ def test_bits_too_small_is_one_line_from_the_cli(tmp_path: Path):
     assert result.exit_code == 2
     assert "privacy.secagg.bits 8 is too small" in result.output
     assert "Traceback" not in result.output
+
+
+def test_secagg_inflate_scales_what_malicious_clients_submit():
+    def first_sum(attack: dict, fraction: float = 0.2) -> torch.Tensor:
+        Recorder.log.clear()
+        cfg = _cell("test_secagg_engine:Recorder", "secagg")
+        cfg = cfg.model_copy(update={"attack": cfg.attack.model_copy(update=attack),
+                                     "malicious_fraction": fraction})
+        Simulation(cfg).run_round(0)
+        return Recorder.log[0][1]
+
+    honest = first_sum({"name": "none"})        # H + Σ_mal w_i x_i
+    flip = first_sum({"name": "secagg_inflate", "params": {"inflate": 1.0}})  # H − M
+    five = first_sum({"name": "secagg_inflate", "params": {"inflate": 5.0}})  # H − 5M
+    # with M = Σ_mal w_i x_i: H = (honest + flip)/2, M = (honest − flip)/2, so
+    # H − 5M = 3·flip − 2·honest (exact but for rounding at 2^-57)
+    assert (five - (3 * flip - 2 * honest)).abs().max().item() < 1e-12
+    assert (five - flip).abs().max().item() > 1e-4

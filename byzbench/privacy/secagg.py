@@ -6,7 +6,7 @@ The protocol, per round and per secure sum:
 1. every client draws a fresh X25519 key pair (``cryptography``, keys from the OS random
    generator) and the server relays the public keys;
 2. each pair (i, j) of neighbours in the masking graph agrees on a shared secret by X25519;
-   HKDF-SHA-256 expands it into a 32-byte ChaCha20 key, its ``info`` binding the protocol, the
+   HKDF-SHA-256 expands it into a 32-byte ChaCha20 key, its ``info`` binding a domain tag, the
    round and the ordered pair of client ids (i < j);
 3. a client clips its update to [-range, range], computes the quantity the defense's protocol
    asks for (the update, a weighted update, a clipped difference, …), clips that to the sum's
@@ -34,8 +34,8 @@ Threat model (what the simulation grants each party):
   broadcasts, which the server itself chose); it never receives a client's update;
 - malicious clients control their own update (model-poisoning attacks write it before
   masking) and, in a multi-sum protocol, every quantity they compute: an attack may replace
-  what its clients submit to any secure sum (:meth:`SecureChannel.secure_sum`'s
-  ``deviate`` hook); the ring bounds what they can send — each quantity is clipped to the
+  what its clients submit to any secure sum (``Attack.secure_quantities``, through the
+  channel's ``deviate`` hook); the ring bounds what they can send — each quantity is clipped to the
   sum's bound, and no non-finite value exists in the ring;
 - signatures, when the defense asks for them, cover each masked message (the signed digest
   is that of the masked vector); a message that fails verification cannot be left out
