@@ -370,8 +370,8 @@ class Simulation:
     def _dp_clients(self, updates: torch.Tensor, attacker: torch.Tensor, r: int
                     ) -> torch.Tensor:
         """DP at the clients' end of round ``r`` (:meth:`DPMechanism.client_side`): central
-        → every row clipped to C; local → the rows not written by the attack (``attacker``
-        [n] bool) clipped and noised."""
+        → every row clipped to C; local → the honest clients' rows (all but the attacker's,
+        ``attacker`` [n] bool) clipped and noised."""
         assert self.dp is not None
         return self.dp.client_side(updates, ~attacker,
                                    torch_generator(self.seed, "dp-local", r))
