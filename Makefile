@@ -43,8 +43,8 @@ lint: dev
 docs:
 	$(PYTHON) -m byzbench.docs
 
-# regenerate the committed reports of the main grid, the seed table and the backdoor grid
-# (docs/reports/: outside results/, which is the user's own)
+# regenerate the committed reports of the main grid, the seed table, the backdoor grid and
+# the privacy grid (docs/reports/: outside results/, which is the user's own)
 results: install
 	$(PYTHON) -m byzbench run configs/grid.yaml $(if $(WORKERS),--workers $(WORKERS)) --quiet
 	$(PYTHON) -m byzbench report results/grid -o docs/reports/grid --format md,csv,html
@@ -53,6 +53,8 @@ results: install
 		--format md,csv,html --reference configs/references/seed_document.yaml
 	$(PYTHON) -m byzbench run configs/backdoor.yaml $(if $(WORKERS),--workers $(WORKERS)) --quiet
 	$(PYTHON) -m byzbench report results/backdoor -o docs/reports/backdoor --format md,csv,html
+	$(PYTHON) -m byzbench run configs/privacy.yaml $(if $(WORKERS),--workers $(WORKERS)) --quiet
+	$(PYTHON) -m byzbench report results/privacy -o docs/reports/privacy --format md,csv,html
 
 bench: install
 	$(PYTHON) benchmarks/bench_engine.py

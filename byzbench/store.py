@@ -46,6 +46,8 @@ SUMMARY_COLUMNS: dict[str, str] = {
     # backdoor durability (byzbench.metrics.durability); NULL where no backdoor ran
     "last_active_round": "INTEGER", "asr_end": "REAL", "asr_after_10": "REAL",
     "asr_after_20": "REAL", "asr_recovery_rounds": "INTEGER", "asr_horizon": "INTEGER",
+    # differential privacy (byzbench.privacy.dp); NULL where the cell has none
+    "epsilon": "REAL", "delta": "REAL", "sigma": "REAL", "dp_mode": "TEXT",
 }
 ROUND_COLUMNS: dict[str, str] = {
     "n": "INTEGER", "malicious": "INTEGER", "accuracy": "REAL", "loss": "REAL", "asr": "REAL",
@@ -53,6 +55,7 @@ ROUND_COLUMNS: dict[str, str] = {
     "agg_ms": "REAL", "sign_ms": "REAL", "verify_ms": "REAL", "finite": "INTEGER",
     "secagg_ms": "REAL",  # secure aggregation: masking + unmasking, all the round's sums
     "diagnostics": "TEXT",  # the verdict's diagnostics as JSON, when small
+    "epsilon": "REAL",      # cumulative ε at δ of a DP cell after this round
 }
 
 _SCHEMA = f"""

@@ -6,6 +6,10 @@ verifies signatures, every client signs its message and transport attacks alter 
 transit; the defense returns a :class:`~byzbench.defenses.base.Verdict` and
 θ ← θ + η_server · aggregate; detection counts and timings are recorded, and every
 ``eval_every`` rounds (and after the last) the test accuracy, loss and backdoor ASR.
+With ``privacy.dp`` (:mod:`byzbench.privacy.dp`, DP-FedAvg) the honest clients clip and
+noise their updates before the attack reads them (local), or every row is clipped once the
+attack has written its rows (central) and the server adds its noise to the verdict's
+aggregate; each round's row carries the cumulative ε.
 
 Call :func:`run_cell` with a :class:`~byzbench.config.CellConfig` (for example
 ``load_grid("configs/quick.yaml").cells[0].config``); it returns a :class:`CellResult`.
@@ -58,6 +62,7 @@ from byzbench.engine.training import (
 )
 from byzbench.metrics import detection_counts, durability, summarize_rounds
 from byzbench.models import BatchedModel
+from byzbench.privacy.dp import DPMechanism, clip_rows
 from byzbench.privacy.secagg import PlainChannel, SecureAbort, SecureChannel
 from byzbench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONS
 from byzbench.seeding import numpy_rng, torch_generator
@@ -131,6 +136,7 @@ class Simulation:
                   or secure_skip_reason(c, self.defense, self.attack.stage))
         if reason:
             raise SkipCell(reason)
+        self.dp = DPMechanism.from_config(c.privacy.dp, c.clients, c.participants, c.rounds)
 
         dataset: Dataset = build(DATASETS, c.dataset).load()
         self.num_classes = dataset.num_classes
@@ -280,9 +286,14 @@ class Simulation:
                             defense_name=c.defense.name, nonce=nonce,
                             oracle=self._oracle(clients, rctx) if self.attack.aware else None,
                             global_params=self.theta)
+        if self.dp is not None and self.dp.mode == "local":
+            # honest clients noise what they send: an attack that knows their updates sees this
+            updates = self._dp_clients(updates, truth, r)
         if attack_on and any_malicious and self.attack.stage != "transport":
             poisoned = self.attack.poison_updates(updates.clone(), ctx)
             updates = torch.where(malicious.unsqueeze(1), poisoned.to(updates.dtype), updates)
+        if self.dp is not None and self.dp.mode == "central":
+            updates = self._dp_clients(updates, truth, r)  # the server's norm bound
 
         secure = c.privacy.secure_aggregation != "none"
         messages, sign_s, secagg_s = None, None, None
@@ -295,6 +306,9 @@ class Simulation:
             if messages is not None:  # one header per row; a dropped message is None
                 messages = align_messages(messages, clients.tolist())
             truth = inter.touched.bool().to(dev)
+            if self.dp is not None and self.dp.mode == "central":
+                # the server's norm bound on what arrived (rows inside it are untouched)
+                updates = self._dp_clients(updates, truth, r)
 
         timer = _Timer(dev)
         if secure:
@@ -305,7 +319,11 @@ class Simulation:
         timer.stop()
         n = len(clients)
         check_verdict(self.defense, verdict, n, self.model.dim, values=False)
-        self.theta = self.theta + c.server.lr * verdict.aggregate.to(self.theta.dtype)
+        aggregate = verdict.aggregate
+        if self.dp is not None:
+            aggregate = self.dp.server_side(aggregate, n,
+                                            torch_generator(self.seed, "dp-central", r))
+        self.theta = self.theta + c.server.lr * aggregate.to(self.theta.dtype)
 
         # everything the round reports, fetched from the device in one copy
         fetch = [truth.to(torch.float64).reshape(-1),
@@ -338,6 +356,8 @@ class Simulation:
                                "finite": finite,
                                "diagnostics": diagnostics_json(verdict.diagnostics)}
         row.update(detection_counts(flagged_h, truth_h))
+        if self.dp is not None:
+            row["epsilon"] = self.dp.epsilons[r]
         if evaluating:
             correct, loss_sum = host[at].item(), host[at + 1].item()
             loss = loss_sum / n_test if n_test else float("nan")
@@ -346,6 +366,15 @@ class Simulation:
             if self.triggered is not None:
                 row["asr"] = host[at + 2].item()
         return row
+
+    def _dp_clients(self, updates: torch.Tensor, attacker: torch.Tensor, r: int
+                    ) -> torch.Tensor:
+        """DP at the clients' end of round ``r`` (:meth:`DPMechanism.client_side`): central
+        → every row clipped to C; local → the honest clients' rows (all but the attacker's,
+        ``attacker`` [n] bool) clipped and noised."""
+        assert self.dp is not None
+        return self.dp.client_side(updates, ~attacker,
+                                   torch_generator(self.seed, "dp-local", r))
 
     def _secure_verdict(self, updates: torch.Tensor, rctx: RoundContext, clients: np.ndarray,
                         actx: AttackContext | None) -> tuple[Verdict, float, float | None]:
@@ -388,13 +417,17 @@ class Simulation:
         :meth:`~byzbench.defenses.base.Defense.preview` on the round's context with a
         stream of its own (the attacker knows the rule and its state, not the server's coin
         flips); when the defense verifies signatures, the rows are signed as the clients
-        would sign them (malicious clients sign their own poisoned updates)."""
+        would sign them (malicious clients sign their own poisoned updates); under central DP
+        the rows are clipped as the server clips them."""
         keyring, defense, seed = self.keyring, self.defense, self.seed
+        dp = self.dp
         secagg = self.config.privacy.secagg
         if self.config.privacy.secure_aggregation != "none":
             # the attacker's offline copy of the protocol: the same sums, no masks
             def secure_oracle(rows: torch.Tensor) -> Verdict:
                 target = defense if defense.stateless else defense._scratch_copy()
+                if dp is not None and dp.mode == "central":
+                    rows = clip_rows(rows, dp.clip)
                 ctx = replace(rctx, generator=torch_generator(seed, "oracle", rctx.round))
                 ctx = replace(ctx, weights=target.initial_weights(
                     rows.new_empty(rows.shape[0], 0), ctx))
@@ -405,6 +438,8 @@ class Simulation:
         def oracle(rows: torch.Tensor) -> Verdict:
             # built per call, so a round whose attack never asks pays nothing for it
             ctx = replace(rctx, generator=torch_generator(seed, "oracle", rctx.round))
+            if dp is not None and dp.mode == "central":
+                rows = clip_rows(rows, dp.clip)  # as the server clips what it receives
             if keyring is not None:
                 ctx = replace(ctx, messages=keyring.sign_round(clients.tolist(), rctx.round,
                                                                rctx.nonce, rows)[0])
@@ -501,6 +536,9 @@ def run_cell(config: CellConfig, device: torch.device | None = None) -> CellResu
     summary.update({"d": sim.model.dim, "f": config.num_malicious,
                     "clients": config.clients, "device": sim.device.type,
                     "threads": torch.get_num_threads()})
+    if sim.dp is not None:
+        summary.update({"epsilon": sim.dp.epsilon, "delta": sim.dp.delta,
+                        "sigma": sim.dp.sigma, "dp_mode": sim.dp.mode})
     return CellResult(status="done", summary=summary, rounds=rounds,
                       wall_s=time.perf_counter() - start)
 

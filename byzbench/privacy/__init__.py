@@ -1,3 +1,3 @@
 """Privacy protocols a cell can run: secure aggregation (:mod:`.secagg`) and differential
-privacy (``dp``). The cell asks for them in its ``privacy:`` block
+privacy (:mod:`.dp`). The cell asks for them in its ``privacy:`` block
 (:class:`~byzbench.config.PrivacyConfig`)."""

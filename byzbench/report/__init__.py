@@ -5,7 +5,8 @@
 - :mod:`~byzbench.report.ranking` — "Which defense?": defenses ranked by worst-case
   accuracy with a bootstrap interval over seeds (:mod:`byzbench.worstcase`);
 - :mod:`~byzbench.report.tables` — the comparative analysis, accuracy, detection, backdoor
-  ASR and skipped/failed tables; :mod:`~byzbench.report.privacy` — privacy facts;
+  ASR, privacy-measured and skipped/failed tables; :mod:`~byzbench.report.privacy` —
+  privacy facts, stated by each defense and measured per privacy setting;
 - :mod:`~byzbench.report.reference` — ``--reference`` claims beside measured values;
 - :mod:`~byzbench.report.curves` — ``--curves`` selection and per-round aggregates;
 - :mod:`~byzbench.report.plots` — the PNGs (matplotlib, headless);

@@ -30,6 +30,7 @@ from byzbench.report.tables import (
     comparative_table,
     detection_table,
     durability_table,
+    privacy_table,
     skipped_table,
 )
 
@@ -96,7 +97,11 @@ def build_report(results_dir: str | Path, fractions: Sequence[str] | None = None
         tables += published_tables(ref.table, data.done, Path(reference).name
                                    + (f" ({ref.description})" if ref.description else ""))
     tables += [accuracy_table(data), detection_table(data), backdoor_table(data),
-               durability_table(data), skipped_table(data)]
+               durability_table(data)]
+    measured_privacy = privacy_table(data)
+    if measured_privacy is not None:
+        tables.append(measured_privacy)
+    tables.append(skipped_table(data))
     return Report(data=data, tables=tables, comparative=comparative, accuracy=accuracy,
                   curves=curves_frame(data, chosen), curves_why=why, header=_header(data))
 

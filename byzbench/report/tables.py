@@ -7,7 +7,10 @@
 3. detection — detection rate / FPR, attack × defense (fractions pooled);
 4. backdoor ASR — defense × malicious fraction; backdoor durability — the ASR at the end of
    the attack window and 10 / 20 rounds later, rounds until it falls below 20%;
-5. skipped and failed cells with their reasons.
+5. skipped and failed cells with their reasons;
+6. privacy, measured (only for results with privacy cells) — per defense and privacy
+   setting: runs under secure aggregation or skipped (why), ε at δ, accuracy and detection
+   under attack, secure aggregation time per round.
 
 Rates are shown in percent with one decimal, "mean ± std" over seeds; "n/a" where the
 defense flags nobody by design, "–" where a value is undefined or was not measured.
@@ -33,7 +36,13 @@ from byzbench.report.data import (
     over_seeds,
     plain_keys,
 )
-from byzbench.report.privacy import FACTS, fact_text, spec_privacy_facts
+from byzbench.report.privacy import (
+    FACTS,
+    fact_text,
+    has_privacy,
+    measured_privacy_frame,
+    spec_privacy_facts,
+)
 
 _plain = plain_keys
 
@@ -637,3 +646,91 @@ def _drop_empty_variant(frame: pd.DataFrame) -> pd.DataFrame:
     if "variant" in frame and not frame["variant"].astype(str).str.len().any():
         return frame.drop(columns=["variant"])
     return frame
+
+
+# -- 6. privacy, measured -------------------------------------------------------------------
+
+def _epsilon_text(value: Any) -> str:
+    if _missing(value):
+        return DASH
+    return "∞" if math.isinf(float(value)) else f"{float(value):.2f}"
+
+
+def privacy_table(data: ReportData) -> ReportTable | None:
+    """The measured privacy of each defense, or None when no cell has a privacy block (the
+    reports of results without privacy do not change)."""
+    if not has_privacy(data.cells):
+        return None
+    tidy = measured_privacy_frame(data)
+    tidy = tidy.assign(_row=[row_label(d, v) for d, v in zip(tidy["defense"], tidy["variant"])])
+    rows = list(dict.fromkeys(tidy["_row"]))
+    settings = list(dict.fromkeys(tidy["privacy"]))
+
+    def status(row: pd.Series) -> str | None:
+        if row["cells_done"]:
+            return None
+        return "skipped" if row["cells_skipped"] else "failed"
+
+    def accuracy(row: pd.Series) -> str:
+        if status(row):
+            return str(status(row))
+        worst = pct(row["worst_accuracy"])
+        return f"{pct(row['clean_accuracy'])} / {pct(row['attacked_accuracy'])} ({worst})"
+
+    def detection(row: pd.Series) -> str:
+        if status(row):
+            return str(status(row))
+        if row["flags"] is None or pd.isna(row["flags"]):
+            return DASH
+        return pct(row["detection_rate"]) if bool(row["flags"]) else NA
+
+    secure = tidy[tidy["secure_aggregation"] != "none"]
+
+    def runs(row: pd.Series) -> str:
+        if row["cells_done"]:
+            return f"runs, {ms(row['secagg_ms'])} ms/round" + (
+                f" ({row['cells_skipped']} cells skipped)" if row["cells_skipped"] else "")
+        if row["cells_skipped"]:
+            reason = _first_line(row["skip_reason"], 160)
+            return f"skipped: {reason}" if reason else "skipped"
+        return "failed"
+
+    sections = [
+        Section("accuracy, %: no attack / mean over the attacks (worst attack)",
+                _pivot(tidy, "_row", "privacy", accuracy, "defense", rows, settings)),
+        Section("detection rate under attack, % (micro-average over attacks, rounds, seeds)",
+                _pivot(tidy, "_row", "privacy", detection, "defense", rows, settings)),
+    ]
+    if not secure.empty:
+        secure = secure.assign(_protocol=[s for s in secure["privacy"]])
+        sections.append(Section(
+            "secure aggregation: does the defense run, and its time per round",
+            _pivot(secure, "_row", "_protocol", runs, "defense", rows,
+                   list(dict.fromkeys(secure["_protocol"])))))
+    dp = tidy[tidy["dp_mode"] != "none"]
+    if not dp.empty:
+        spent = (dp.groupby("privacy", sort=False)
+                 .agg(mode=("dp_mode", "first"), sigma=("sigma", "mean"),
+                      epsilon=("epsilon", "mean"), delta=("delta", "mean"))
+                 .reset_index())
+        sections.append(Section("differential privacy: the ε each setting spent", pd.DataFrame({
+            "setting": spent["privacy"],
+            "mode": spent["mode"],
+            "σ (noise multiplier)": [DASH if _missing(v) else f"{v:.3f}"
+                                     for v in spent["sigma"]],
+            "ε spent (run)": [_epsilon_text(v) for v in spent["epsilon"]],
+            "δ": [DASH if _missing(v) else f"{v:g}" for v in spent["delta"]]})))
+    caption = (
+        "Measured privacy, per defense and privacy setting ('none': plaintext updates, ε = "
+        "∞). Accuracy: final clean test accuracy without attack / under attack, the mean over "
+        "the attacks of each attack's mean over seeds (the worst attack in brackets); "
+        f"detection: as in the detection table ({NA}: the defense flags nobody). Secure "
+        "aggregation: whether the defense's cells ran (the server saw only masked updates "
+        "and their sum) and the median protocol time per round, or why they were skipped. DP "
+        "(DP-FedAvg): ε at δ of the whole run from the RDP accountant of dp-accounting; "
+        "central ε is per client's data (add/remove one client) and exact for the clipped "
+        "mean, not a guarantee for selection rules (README, Differential privacy); local ε "
+        "is per client's release (replace-one, sensitivity 2C), composed over every round.")
+    return ReportTable("privacy", "Privacy, measured", caption, sections,
+                       _drop_empty_variant(tidy.drop(columns=["_row"])),
+                       empty_note="no privacy cell")
