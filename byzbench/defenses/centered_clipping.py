@@ -15,7 +15,7 @@ from byzbench.defenses.base import (
     RoundContext,
     Verdict,
 )
-from byzbench.defenses.geometry import coordinate_median, normalized_weights, row_norms
+from byzbench.defenses.geometry import coordinate_median, distances_to, normalized_weights
 from byzbench.registry import DEFENSES
 
 
@@ -67,9 +67,9 @@ class CenteredClipping(Defense):
         # v_L = a·v₀ + Σ_i w_i x_i, tracked exactly; reported weights are the shares w/Σw
         w = torch.zeros(m, dtype=torch.float64, device=updates.device)
         for _ in range(p.iters):
-            diff = x - v
-            scale = (p.tau / row_norms(diff).clamp(min=1e-300)).clamp(max=1.0)  # float64
-            v = v + (scale.to(x.dtype) / m) @ diff
+            scale = (p.tau / distances_to(x, v).clamp(min=1e-300)).clamp(max=1.0)  # float64
+            c = scale.to(x.dtype) / m
+            v = v + (c @ x - c.sum() * v)  # = v + Σ c_i (x_i − v), no [m, d] temporary
             w = w * (1.0 - scale.sum() / m) + scale / m
         if p.center == "previous":
             self._previous = v.detach().clone()

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
-from byzbench.defenses.geometry import coordinate_median, row_norms
+from byzbench.defenses.geometry import coordinate_median, distances_to
 from byzbench.registry import DEFENSES
 
 
@@ -58,7 +58,7 @@ class GeoMed(Defense):
         v = coordinate_median(x) if p.init == "median" else alpha.to(x.dtype) @ x
         w = alpha
         for _ in range(p.iters):
-            dist = row_norms(x - v)                   # float64, overflow-safe
+            dist = distances_to(x, v)                 # float64, overflow-safe
             beta = alpha / dist.clamp(min=p.nu)
             w = beta / beta.sum()
             v = w.to(x.dtype) @ x

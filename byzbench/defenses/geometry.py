@@ -14,7 +14,8 @@ here never return NaN for such input:
   non-finite rows;
 - :func:`pairwise_cosine`, :func:`cosine_to`: overflow-safe, and accurate for nearly
   parallel rows (recomputed from unit rows in float64 by centred distances);
-- :func:`row_norms`: overflow-safe;
+- :func:`row_norms`: overflow-safe; :func:`distances_to`: ``‖x_i − v‖`` without an
+  ``[n, d]`` temporary;
 - :func:`coordinate_median`, :func:`sort_columns`, :func:`robust_zscores`: robust statistics;
 - :func:`scatter_rows`, :func:`normalized_weights`, :func:`mean_of`: weights and means.
 
@@ -31,6 +32,7 @@ import torch
 __all__ = [
     "finite_rows",
     "row_norms",
+    "distances_to",
     "row_scale",
     "gram",
     "pairwise_sq_distances",
@@ -113,6 +115,35 @@ def row_norms(updates: torch.Tensor) -> torch.Tensor:
         norms[bad] = (torch.linalg.vector_norm(xb / scale[:, None], dim=1).to(torch.float64)
                       * scale.to(torch.float64))
     out[ok] = norms
+    return out
+
+
+DIST_BLOCK = 1 << 12  # columns per block of distances_to: [n, 4096] float32 stays in cache
+
+
+def distances_to(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[n] float64 ``‖x_i − v‖`` for finite rows ``x`` [n, d] and a finite ``v`` [d].
+
+    The differences are formed by blocks of 4,096 columns in one reused buffer and their
+    squared norms summed in float64, so no ``[n, d]`` temporary is allocated (on CPU a
+    fresh 400 MB temporary costs more in page faults than the arithmetic). Rows whose
+    squared norm overflows the input dtype are recomputed rescaled (:func:`row_norms`).
+    """
+    n, d = x.shape
+    if d <= DIST_BLOCK or x.device.type != "cpu":
+        out = torch.linalg.vector_norm(x - v, dim=1).to(torch.float64)
+    else:
+        acc = torch.zeros(n, dtype=torch.float64, device=x.device)
+        buf = torch.empty(n, DIST_BLOCK, dtype=x.dtype, device=x.device)
+        for start in range(0, d, DIST_BLOCK):
+            stop = min(start + DIST_BLOCK, d)
+            b = buf[:, :stop - start]
+            torch.sub(x[:, start:stop], v[start:stop], out=b)
+            acc += torch.linalg.vector_norm(b, dim=1).to(torch.float64).square_()
+        out = acc.sqrt_()
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        out[bad] = row_norms(x[bad] - v)
     return out
 
 
