@@ -9,7 +9,7 @@ import torch
 
 from byzbench.defenses import bulyan as bulyan_mod
 from byzbench.defenses.base import RoundContext
-from byzbench.defenses.geometry import coordinate_median, distances_to
+from byzbench.defenses.geometry import coordinate_median, distances_to, row_sq_norms
 from byzbench.defenses.sign_statistics import (
     SignStatistics,
     SignStatisticsParams,
@@ -154,3 +154,28 @@ def test_sign_statistics_bandwidth_and_labels_equal_sklearn(seed: int) -> None:
         p = SignStatisticsParams(bandwidth_quantile=quantile, cluster_all=cluster_all)
         ours = SignStatistics._majority(feats, 0, p)
         assert np.array_equal(ours, sklearn_majority(feats, quantile, cluster_all))
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3, 10.0, 1e4])
+def test_distances_to_with_center_accurate_under_cancellation(offset: float) -> None:
+    """Rows sharing a large common component (offset) and points v near them: the
+    expansion would cancel, the kernel recomputes those rows directly."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(20, 5000, generator=g) * 0.01 + offset
+    c = x.mean(dim=0)
+    v = c + torch.randn(5000, generator=g) * 1e-4
+    expected = torch.linalg.vector_norm(x.double() - v.double(), dim=1)
+    plain = distances_to(x, v)
+    base = distances_to(x, c).square()
+    centred = distances_to(x, v, (c, base))
+    assert torch.allclose(plain, expected, rtol=1e-6, atol=0)
+    assert torch.allclose(centred, expected, rtol=1e-6, atol=0)
+
+
+def test_row_sq_norms_accurate() -> None:
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 300_001, generator=g) * 0.01 + 0.001
+    expected = (x.double() ** 2).sum(dim=1)
+    assert torch.allclose(row_sq_norms(x), expected, rtol=1e-7, atol=0)
+    assert torch.allclose(row_sq_norms(x[:, 1:]), (x[:, 1:].double() ** 2).sum(dim=1),
+                          rtol=1e-7, atol=0)  # a strided view

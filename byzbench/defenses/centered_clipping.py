@@ -66,8 +66,12 @@ class CenteredClipping(Defense):
             v = updates.new_zeros(d)
         # v_L = a·v₀ + Σ_i w_i x_i, tracked exactly; reported weights are the shares w/Σw
         w = torch.zeros(m, dtype=torch.float64, device=updates.device)
+        center = None  # (v₀, squared distances to it): later distances expand on it
         for _ in range(p.iters):
-            scale = (p.tau / distances_to(x, v).clamp(min=1e-300)).clamp(max=1.0)  # float64
+            dist = distances_to(x, v, center)
+            if center is None:
+                center = (v, dist.square())
+            scale = (p.tau / dist.clamp(min=1e-300)).clamp(max=1.0)  # float64
             c = scale.to(x.dtype) / m
             v = v + (c @ x - c.sum() * v)  # = v + Σ c_i (x_i − v), no [m, d] temporary
             w = w * (1.0 - scale.sum() / m) + scale / m
