@@ -305,7 +305,7 @@ def main() -> None:
                 num_clients=n, clients_per_round=n, f=f, dim=d, seed=0,
                 device=torch.device("cpu"),
                 public_keys=keys.public_registry() if defense.needs_signatures else None,
-                server_update=lambda theta, s=server: s))
+                server_update=lambda theta, rnd, s=server: s))
 
             call = functools.partial(run_round, defense, x, f, msgs, nonce)
             try:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from byzbench.defenses import bulyan as bulyan_mod
+from byzbench.defenses import geometry
 from byzbench.defenses.base import RoundContext
 from byzbench.defenses.geometry import coordinate_median, distances_to, row_sq_norms
 from byzbench.defenses.sign_statistics import (
@@ -55,7 +55,7 @@ def topk_closest_reference(s: torch.Tensor, beta: int) -> tuple[torch.Tensor, to
 def test_bulyan_window_equals_topk_definition(seed: int, monkeypatch) -> None:
     """The sorted-window kernel picks the same values and counts the same rows as topk,
     also on columns full of ties (zeros, rounded values, signs), odd and even θ."""
-    monkeypatch.setattr(bulyan_mod, "BLOCK", 256)  # several blocks, a ragged last one
+    monkeypatch.setattr(geometry, "MEDIAN_BLOCK", 256)  # several blocks, a ragged last one
     g = torch.Generator().manual_seed(seed)
     theta = int(torch.randint(5, 40, (1,), generator=g))
     beta = int(torch.randint(1, theta, (1,), generator=g))
@@ -70,7 +70,7 @@ def test_bulyan_window_equals_topk_definition(seed: int, monkeypatch) -> None:
         x[:, ::2] = x[:, ::2].sign()
     chosen = torch.randperm(n, generator=g)[:theta]
     expected, expected_counts = topk_closest_reference(x[chosen], beta)
-    aggregate, counts = bulyan_mod.closest_to_median(x, chosen, beta)
+    aggregate, counts = geometry.closest_to_median(x, chosen, beta)
     assert torch.allclose(aggregate, expected, rtol=0, atol=1e-6)
     assert torch.equal(counts, expected_counts)
 
@@ -179,3 +179,21 @@ def test_row_sq_norms_accurate() -> None:
     assert torch.allclose(row_sq_norms(x), expected, rtol=1e-7, atol=0)
     assert torch.allclose(row_sq_norms(x[:, 1:]), (x[:, 1:].double() ** 2).sum(dim=1),
                           rtol=1e-7, atol=0)  # a strided view
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_meamed_equals_topk_definition(seed: int, monkeypatch) -> None:
+    """MeaMed: per coordinate the mean of the n − f values closest to the median, weights
+    each row's share of the chosen values; ties (zeros, rounded values) as topk picks."""
+    monkeypatch.setattr(geometry, "MEDIAN_BLOCK", 128)
+    g = torch.Generator().manual_seed(100 + seed)
+    n, d, f = 9 + seed, 700, seed % 4
+    x = torch.randn(n, d, generator=g)
+    if seed % 3 == 1:
+        x[:, ::4] = 0.0
+    elif seed % 3 == 2:
+        x = torch.round(x)
+    expected, counts = topk_closest_reference(x, n - f)
+    v = DEFENSES.get("meamed")()(x, ctx_for(n, d, f=f))
+    assert torch.allclose(v.aggregate, expected, rtol=0, atol=1e-6)
+    assert torch.allclose(v.weights.double(), counts.double() / counts.sum(), rtol=1e-6)

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
-from byzbench.defenses.geometry import coordinate_median, pairwise_sq_distances, sort_columns
+from byzbench.defenses.geometry import closest_to_median, pairwise_sq_distances
 from byzbench.registry import DEFENSES
 
 
@@ -55,61 +55,6 @@ def krum_pick(dist: torch.Tensor, available: torch.Tensor, f: int) -> torch.Tens
         wider = krum_scores(dist, available, f, extra=1)
         scores = torch.where(tied, wider, torch.full_like(wider, float("inf")))
     return torch.argmin(scores)
-
-
-BLOCK = 1 << 14  # columns per block of closest_to_median: a [θ, 16384] slice stays in cache
-
-
-def _topk_closest(s: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean [d], row indices [β, d]) of the β values of each column of ``s`` closest to
-    the column's median, by ``topk`` on the distances (the definition)."""
-    keep = torch.topk((s - coordinate_median(s)).abs(), beta, dim=0, largest=False).indices
-    return torch.gather(s, 0, keep).mean(dim=0), keep
-
-
-def closest_to_median(x: torch.Tensor, chosen: torch.Tensor, beta: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(aggregate [d], counts [θ]): per coordinate, the mean of the β values of the rows
-    ``x[chosen]`` closest to their median, and how many coordinates each chosen row
-    contributes to.
-
-    In a sorted column the β values nearest the median are a window of β consecutive
-    values, the one whose larger end distance r is smallest; when that set is unique (the
-    two values just outside the window lie farther than r) it is exactly the set ``topk``
-    of the distances selects, and its members are the rows within r of the median. So each
-    block of columns is sorted (numpy, fast along axis 0) and needs no ``topk``; columns
-    where a value outside the window ties at distance r (e.g. repeated values) go through
-    ``topk`` as the definition states, so ties resolve as before.
-    """
-    theta, d = len(chosen), x.shape[1]
-    if d == 0 or x.device.type != "cpu":
-        aggregate, keep = _topk_closest(x[chosen], beta)
-        return aggregate, torch.bincount(keep.reshape(-1), minlength=theta)
-    aggregate = torch.empty(d, dtype=x.dtype, device=x.device)
-    counts = torch.zeros(theta, dtype=torch.int64, device=x.device)
-    windows = theta - beta + 1
-    offsets = torch.arange(beta, device=x.device)[:, None]
-    for start in range(0, d, BLOCK):
-        s = x[:, start:start + BLOCK].index_select(0, chosen)     # [θ, w], rows in θ order
-        srt = sort_columns(s)
-        med = (srt[theta // 2] if theta % 2 else
-               srt[theta // 2 - 1] * 0.5 + srt[theta // 2] * 0.5)  # = coordinate_median(s)
-        dist = (srt - med).abs()                                  # as topk would see them
-        radius, j = torch.maximum(dist[:windows], dist[beta - 1:]).min(dim=0)
-        inf = dist.new_full((1, dist.shape[1]), float("inf"))
-        padded = torch.cat([inf, dist, inf])                      # neighbours of the window
-        outside = torch.minimum(padded.gather(0, j[None]), padded.gather(0, (j + beta + 1)[None]))
-        tied = outside[0] <= radius
-        aggregate[start:start + s.shape[1]] = srt.gather(0, j[None] + offsets).mean(dim=0)
-        member = (s - med).abs() <= radius
-        if bool(tied.any()):
-            cols = torch.nonzero(tied).squeeze(1)
-            member[:, cols] = False
-            agg_t, keep = _topk_closest(s[:, cols], beta)
-            aggregate[start + cols] = agg_t
-            counts += torch.bincount(keep.reshape(-1), minlength=theta)
-        counts += member.sum(dim=1)
-    return aggregate, counts
 
 
 @DEFENSES.register("bulyan")
