@@ -19,6 +19,7 @@ n = 100, d = 10⁶ with the aggregates equal to 1e-5.
     python benchmarks/bench_defenses.py                 # the full table (≈ 2–3 min)
     python benchmarks/bench_defenses.py --only krum multikrum median --sizes 20x10000
     python benchmarks/bench_defenses.py --references    # ours vs references, n=100, d=1e6
+    python benchmarks/bench_defenses.py --clustering    # sign_statistics' clustering per round
 """
 
 from __future__ import annotations
@@ -246,6 +247,59 @@ def run_references(n: int, d: int, names: list[str], reps: int, budget: float) -
           f"{'all met' if not misses else 'missed: ' + ', '.join(misses)}")
 
 
+def previous_majority(feats, p) -> object:
+    """sign_statistics' clustering as it was: scikit-learn's estimate_bandwidth, then
+    MeanShift (or KMeans, n_init=10), with scikit-learn's default OpenMP threads."""
+    import numpy as np
+    from sklearn.cluster import KMeans, MeanShift, estimate_bandwidth
+    m = feats.shape[0]
+    if p.clusterer == "kmeans":
+        labels = KMeans(n_clusters=min(p.n_clusters, m), n_init=10,
+                        random_state=0).fit_predict(feats)
+    else:
+        bandwidth = estimate_bandwidth(feats, quantile=p.bandwidth_quantile, random_state=0)
+        labels = MeanShift(bandwidth=bandwidth, bin_seeding=True,
+                           cluster_all=p.cluster_all).fit_predict(feats)
+    valid = labels[labels >= 0]
+    return labels == np.bincount(valid).argmax()
+
+
+def run_clustering(sizes: list[str], reps: int) -> None:
+    """sign_statistics' per-round clustering, ours vs the previous scikit-learn calls,
+    interleaved on the sign features of ``reps`` random rounds; equal majority sets?"""
+    import numpy as np
+
+    from byzbench.defenses.sign_statistics import (
+        SignStatistics,
+        SignStatisticsParams,
+        sign_features,
+    )
+    print(f"{'cell':<16}{'clusterer':<11}{'ours ms':>9}{'previous ms':>13}{'ratio':>8}"
+          f"{'same sets':>11}")
+    for size in sizes:
+        n, d = (int(v) for v in size.lower().split("x"))
+        for clusterer in ("meanshift", "kmeans"):
+            p = SignStatisticsParams(clusterer=clusterer)
+            t_ours, t_prev, same = [], [], 0
+            for r in range(reps):
+                x = make_round(n, d, n // 5, seed=r)
+                cols = torch.randperm(d, generator=torch.Generator().manual_seed(r))
+                feats = sign_features(x, cols[:max(1, d // 10)]).numpy()
+                if r == 0:  # warm-up: imports, thread pools
+                    SignStatistics._majority(feats, 0, p)
+                    previous_majority(feats, p)
+                start = time.perf_counter()
+                a = SignStatistics._majority(feats, 0, p)
+                t_ours.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                b = previous_majority(feats, p)
+                t_prev.append(time.perf_counter() - start)
+                same += int(np.array_equal(a, b))
+            mo, mp = statistics.median(t_ours), statistics.median(t_prev)
+            print(f"{size:<16}{clusterer:<11}{mo * 1e3:>9.2f}{mp * 1e3:>13.2f}"
+                  f"{mp / mo:>7.1f}x{f'{same}/{reps}':>11}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="defense names (default: every registered one)")
@@ -258,7 +312,16 @@ def main() -> None:
     ap.add_argument("--no-loop", action="store_true", help="skip the Python-loop Krum")
     ap.add_argument("--references", action="store_true",
                     help="ours vs straightforward references (sizes default to 100x1000000)")
+    ap.add_argument("--clustering", action="store_true",
+                    help="sign_statistics' clustering per round, ours vs the previous calls "
+                         "(sizes default to 20x4810 100x79510)")
     args = ap.parse_args()
+    if args.clustering:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"torch {torch.get_num_threads()} threads, load average {load:.1f}; median of "
+              f"{max(args.reps, 20)} rounds, interleaved\n")
+        run_clustering(args.sizes or ["20x4810", "100x79510"], max(args.reps, 20))
+        return
     if args.references:
         torch.manual_seed(0)
         sizes = args.sizes or ["100x1000000"]
