@@ -19,6 +19,7 @@ n = 100, d = 10⁶ with the aggregates equal to 1e-5.
     python benchmarks/bench_defenses.py                 # the full table (≈ 2–3 min)
     python benchmarks/bench_defenses.py --only krum multikrum median --sizes 20x10000
     python benchmarks/bench_defenses.py --references    # ours vs references, n=100, d=1e6
+    python benchmarks/bench_defenses.py --references --threads 1   # as a cell runs them
     python benchmarks/bench_defenses.py --clustering    # sign_statistics' clustering per round
 """
 
@@ -315,7 +316,11 @@ def main() -> None:
     ap.add_argument("--clustering", action="store_true",
                     help="sign_statistics' clustering per round, ours vs the previous calls "
                          "(sizes default to 20x4810 100x79510)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per "
+                                                 "core); engine cells default to one")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.clustering:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"torch {torch.get_num_threads()} threads, load average {load:.1f}; median of "
