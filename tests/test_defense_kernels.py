@@ -25,8 +25,11 @@ def ctx_for(n: int, d: int, f: int = 0) -> RoundContext:
                         global_params=torch.zeros(d))
 
 
+@pytest.mark.parametrize("small", [True, False])
 @pytest.mark.parametrize("d", [7, 4096, 4097, 10_000])
-def test_distances_to_matches_direct_norms(d: int) -> None:
+def test_distances_to_matches_direct_norms(d: int, small: bool, monkeypatch) -> None:
+    if not small:
+        monkeypatch.setattr(geometry, "SMALL_MATRIX", 0)
     g = torch.Generator().manual_seed(d)
     x = torch.randn(13, d, generator=g) + 3.0
     v = torch.randn(d, generator=g)
@@ -34,7 +37,10 @@ def test_distances_to_matches_direct_norms(d: int) -> None:
     assert torch.allclose(distances_to(x, v), expected, rtol=1e-6, atol=0)
 
 
-def test_distances_to_huge_rows_stay_finite() -> None:
+@pytest.mark.parametrize("small", [True, False])
+def test_distances_to_huge_rows_stay_finite(small: bool, monkeypatch) -> None:
+    if not small:
+        monkeypatch.setattr(geometry, "SMALL_MATRIX", 0)
     x = torch.zeros(3, 5000)
     x[1] = 1e30  # ‖x_1‖² overflows float32
     d = distances_to(x, torch.zeros(5000))
@@ -85,7 +91,10 @@ def test_bulyan_hand_computed_column() -> None:
     assert v.flagged[5] and v.flagged[6]
 
 
-def test_geomed_matches_weiszfeld_definition() -> None:
+@pytest.mark.parametrize("small", [True, False])
+def test_geomed_matches_weiszfeld_definition(small: bool, monkeypatch) -> None:
+    if not small:
+        monkeypatch.setattr(geometry, "SMALL_MATRIX", 0)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(30, 9000, generator=g) * 0.01 + 0.002
     x[:6] *= -5.0
@@ -99,7 +108,10 @@ def test_geomed_matches_weiszfeld_definition() -> None:
         assert torch.allclose(out, v, rtol=0, atol=1e-7)
 
 
-def test_centered_clipping_matches_definition() -> None:
+@pytest.mark.parametrize("small", [True, False])
+def test_centered_clipping_matches_definition(small: bool, monkeypatch) -> None:
+    if not small:
+        monkeypatch.setattr(geometry, "SMALL_MATRIX", 0)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(25, 8000, generator=g) * 0.05
     x[:5] += 3.0
@@ -157,7 +169,8 @@ def test_sign_statistics_bandwidth_and_labels_equal_sklearn(seed: int) -> None:
 
 
 @pytest.mark.parametrize("offset", [0.0, 0.3, 10.0, 1e4])
-def test_distances_to_with_center_accurate_under_cancellation(offset: float) -> None:
+def test_distances_to_with_center_accurate_under_cancellation(offset: float,
+                                                              monkeypatch) -> None:
     """Rows sharing a large common component (offset) and points v near them: the
     expansion would cancel, the kernel recomputes those rows directly."""
     g = torch.Generator().manual_seed(7)
@@ -165,6 +178,7 @@ def test_distances_to_with_center_accurate_under_cancellation(offset: float) -> 
     c = x.mean(dim=0)
     v = c + torch.randn(5000, generator=g) * 1e-4
     expected = torch.linalg.vector_norm(x.double() - v.double(), dim=1)
+    monkeypatch.setattr(geometry, "SMALL_MATRIX", 0)  # the expansion path at this size
     plain = distances_to(x, v)
     base = distances_to(x, c).square()
     centred = distances_to(x, v, (c, base))

@@ -123,6 +123,7 @@ def row_norms(updates: torch.Tensor) -> torch.Tensor:
 
 
 NORM_BLOCK = 1024  # columns per partial norm of row_sq_norms
+SMALL_MATRIX = 1 << 20  # up to this many entries distances_to forms x − v directly
 # accept ‖x_i − c‖² − 2(x_i − c)·u + ‖u‖² when its rounding (float32 dot products, relative
 # error ≲ 2e-7 of ‖x_i‖‖u‖) stays below 2e-6 of the result; recompute the row directly else
 CANCELLATION = 0.05
@@ -164,8 +165,16 @@ def distances_to(x: torch.Tensor, v: torch.Tensor,
     ``[n, d]`` difference (on CPU a fresh 400 MB temporary costs more in page faults than
     the arithmetic). Rows where that expansion cancels (the result is small against its
     terms, see :data:`CANCELLATION`) or overflows are recomputed directly from ``x_i − v``.
+    Matrices of at most :data:`SMALL_MATRIX` entries take ``x − v`` directly (fewer ops).
     """
     n, d = x.shape
+    if x.numel() <= SMALL_MATRIX:  # the difference is a small, cached temporary: direct
+        diff = x - v
+        out = torch.linalg.vector_norm(diff, dim=1).to(torch.float64)
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            out[bad] = row_norms(diff[bad])
+        return out
     if center is None:
         c, base = None, row_sq_norms(x)
         u = v
