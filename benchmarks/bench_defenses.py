@@ -289,13 +289,15 @@ def run_clustering(sizes: list[str], reps: int) -> None:
                 if r == 0:  # warm-up: imports, thread pools
                     SignStatistics._majority(feats, 0, p)
                     previous_majority(feats, p)
-                start = time.perf_counter()
-                a = SignStatistics._majority(feats, 0, p)
-                t_ours.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                b = previous_majority(feats, p)
-                t_prev.append(time.perf_counter() - start)
-                same += int(np.array_equal(a, b))
+                got = {}
+                calls = [("ours", functools.partial(SignStatistics._majority, feats, 0, p),
+                          t_ours),
+                         ("previous", functools.partial(previous_majority, feats, p), t_prev)]
+                for key, fn, acc in calls[::1 if r % 2 else -1]:  # alternate who goes first
+                    start = time.perf_counter()
+                    got[key] = fn()
+                    acc.append(time.perf_counter() - start)
+                same += int(np.array_equal(got["ours"], got["previous"]))
             mo, mp = statistics.median(t_ours), statistics.median(t_prev)
             print(f"{size:<16}{clusterer:<11}{mo * 1e3:>9.2f}{mp * 1e3:>13.2f}"
                   f"{mp / mo:>7.1f}x{f'{same}/{reps}':>11}", flush=True)

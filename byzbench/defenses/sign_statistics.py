@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -147,9 +147,13 @@ _CONTROLLER: Any = None
 
 
 def _one_openmp_thread() -> AbstractContextManager[Any]:
-    """Limit scikit-learn's OpenMP to one thread: on a [m, 3] matrix the thread team only
-    costs (spin-waiting threads make a clustering call ~30× slower on a loaded machine)."""
+    """Limit scikit-learn's OpenMP to one thread while torch runs several: its team then
+    competes with torch's spin-waiting threads, which made a clustering call 4–13× slower on
+    a loaded machine (benchmarks/bench_defenses.py --clustering). With one torch thread
+    there is no such contention and resizing the team each call would only cost."""
     global _CONTROLLER
+    if torch.get_num_threads() <= 1:
+        return nullcontext()
     if _CONTROLLER is None:
         from threadpoolctl import ThreadpoolController
         _CONTROLLER = ThreadpoolController()  # after scikit-learn has loaded its OpenMP
