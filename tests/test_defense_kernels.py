@@ -211,3 +211,14 @@ def test_meamed_equals_topk_definition(seed: int, monkeypatch) -> None:
     v = DEFENSES.get("meamed")()(x, ctx_for(n, d, f=f))
     assert torch.allclose(v.aggregate, expected, rtol=0, atol=1e-6)
     assert torch.allclose(v.weights.double(), counts.double() / counts.sum(), rtol=1e-6)
+
+
+def test_closest_to_median_restores_torch_threads() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(9, 50)
+        geometry.closest_to_median(x, torch.arange(9), 5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
