@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
-from byzbench.defenses.geometry import coordinate_median, pairwise_sq_distances
+from byzbench.defenses.geometry import closest_to_median, pairwise_sq_distances
 from byzbench.registry import DEFENSES
 
 
@@ -101,18 +101,15 @@ class Bulyan(Defense):
                     picks.append(pick)
                     available[pick] = False
                 chosen = torch.stack(picks)
-        s = x[chosen]                                            # [θ, d]
-
         if p.coordinate == "trimmed_mean":
+            s = x[chosen]                                        # [θ, d]
             values, order = torch.sort(s, dim=0)
             keep = order[f:theta - f]                            # [β, d] row indices
             aggregate = values[f:theta - f].mean(dim=0)
+            counts = torch.bincount(keep.reshape(-1), minlength=theta).to(updates.dtype)
         else:
-            median = coordinate_median(s)
-            keep = torch.topk((s - median).abs(), beta, dim=0, largest=False).indices
-            aggregate = torch.gather(s, 0, keep).mean(dim=0)
-
-        counts = torch.bincount(keep.reshape(-1), minlength=theta).to(updates.dtype)
+            aggregate, counts = closest_to_median(x, chosen, beta)
+            counts = counts.to(updates.dtype)
         w_sel = counts / float(beta * d) if d > 0 else counts
         weights = torch.zeros(m, dtype=updates.dtype, device=device)
         weights[chosen] = w_sel

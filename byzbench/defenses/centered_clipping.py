@@ -16,7 +16,7 @@ from byzbench.defenses.base import (
     SecureView,
     Verdict,
 )
-from byzbench.defenses.geometry import coordinate_median, normalized_weights, row_norms
+from byzbench.defenses.geometry import coordinate_median, distances_to, normalized_weights
 from byzbench.registry import DEFENSES
 
 if TYPE_CHECKING:
@@ -102,10 +102,14 @@ class CenteredClipping(Defense):
             v = updates.new_zeros(d)
         # v_L = a·v₀ + Σ_i w_i x_i, tracked exactly; reported weights are the shares w/Σw
         w = torch.zeros(m, dtype=torch.float64, device=updates.device)
+        center = None  # (v₀, squared distances to it): later distances expand on it
         for _ in range(p.iters):
-            diff = x - v
-            scale = (p.tau / row_norms(diff).clamp(min=1e-300)).clamp(max=1.0)  # float64
-            v = v + (scale.to(x.dtype) / m) @ diff
+            dist = distances_to(x, v, center)
+            if center is None:
+                center = (v, dist.square())
+            scale = (p.tau / dist.clamp(min=1e-300)).clamp(max=1.0)  # float64
+            c = scale.to(x.dtype) / m
+            v = v + (c @ x - c.sum() * v)  # = v + Σ c_i (x_i − v), no [m, d] temporary
             w = w * (1.0 - scale.sum() / m) + scale / m
         if p.center == "previous":
             self._previous = v.detach().clone()

@@ -15,7 +15,7 @@ from byzbench.defenses.base import (
     SecureView,
     Verdict,
 )
-from byzbench.defenses.geometry import coordinate_median, row_norms
+from byzbench.defenses.geometry import coordinate_median, distances_to, row_norms
 from byzbench.registry import DEFENSES
 
 if TYPE_CHECKING:
@@ -97,8 +97,11 @@ class GeoMed(Defense):
 
         v = coordinate_median(x) if p.init == "median" else alpha.to(x.dtype) @ x
         w = alpha
+        center = None  # (start point, squared distances to it): later distances expand on it
         for _ in range(p.iters):
-            dist = row_norms(x - v)                   # float64, overflow-safe
+            dist = distances_to(x, v, center)         # float64, overflow-safe
+            if center is None:
+                center = (v, dist.square())
             beta = alpha / dist.clamp(min=p.nu)
             w = beta / beta.sum()
             v = w.to(x.dtype) @ x

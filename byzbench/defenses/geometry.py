@@ -14,8 +14,11 @@ here never return NaN for such input:
   non-finite rows;
 - :func:`pairwise_cosine`, :func:`cosine_to`: overflow-safe, and accurate for nearly
   parallel rows (recomputed from unit rows in float64 by centred distances);
-- :func:`row_norms`: overflow-safe;
-- :func:`coordinate_median`, :func:`sort_columns`, :func:`robust_zscores`: robust statistics;
+- :func:`row_norms`: overflow-safe; :func:`row_sq_norms`: accurate for large d;
+  :func:`distances_to`: ``‖x_i − v‖`` by one matrix-vector product, no ``[n, d]``
+  temporary;
+- :func:`coordinate_median`, :func:`sort_columns`, :func:`closest_to_median`,
+  :func:`robust_zscores`: robust statistics;
 - :func:`scatter_rows`, :func:`normalized_weights`, :func:`mean_of`: weights and means.
 
 The round bookkeeping (non-finite rows, the assumed count f, scattering a verdict back to
@@ -31,6 +34,8 @@ import torch
 __all__ = [
     "finite_rows",
     "row_norms",
+    "distances_to",
+    "row_sq_norms",
     "row_scale",
     "gram",
     "pairwise_sq_distances",
@@ -38,6 +43,7 @@ __all__ = [
     "cosine_to",
     "sort_columns",
     "coordinate_median",
+    "closest_to_median",
     "robust_zscores",
     "scatter_rows",
     "normalized_weights",
@@ -114,6 +120,80 @@ def row_norms(updates: torch.Tensor) -> torch.Tensor:
                       * scale.to(torch.float64))
     out[ok] = norms
     return out
+
+
+NORM_BLOCK = 1024  # columns per partial norm of row_sq_norms
+SMALL_MATRIX = 1 << 20  # up to this many entries distances_to forms x − v directly
+# accept ‖x_i − c‖² − 2(x_i − c)·u + ‖u‖² when its rounding (float32 dot products, relative
+# error ≲ 2e-7 of ‖x_i‖‖u‖) stays below 2e-6 of the result; recompute the row directly else
+CANCELLATION = 0.05
+
+
+def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """[n] float64 squared L2 norms of the rows, accurate to ~1e-8 relative for any d:
+    float32 norms of 1,024-column pieces (one strided view, no copy) summed in float64
+    (one float32 reduction over 10⁶ terms is only good to ~3e-5). ``+inf`` where a piece's
+    square overflows the input dtype."""
+    n, d = x.shape
+    m = d // NORM_BLOCK * NORM_BLOCK
+    out = torch.zeros(n, dtype=torch.float64, device=x.device)
+    if m > 0:
+        pieces = x.as_strided((n, m // NORM_BLOCK, NORM_BLOCK),
+                              (x.stride(0), NORM_BLOCK * x.stride(1), x.stride(1)))
+        out += torch.linalg.vector_norm(pieces, dim=2).to(torch.float64).square_().sum(dim=1)
+    if m < d:
+        out += torch.linalg.vector_norm(x[:, m:], dim=1).to(torch.float64).square_()
+    return out
+
+
+def _direct_sq_distances(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    diff = x - v
+    sq = row_sq_norms(diff)
+    bad = ~torch.isfinite(sq)
+    if bool(bad.any()):  # squares overflow the input dtype: rescaled norms
+        sq[bad] = row_norms(diff[bad]).square()
+    return sq
+
+
+def distances_to(x: torch.Tensor, v: torch.Tensor,
+                 center: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """[n] float64 ``‖x_i − v‖`` for finite rows ``x`` [n, d] and a finite ``v`` [d].
+
+    ``center`` = ``(c, ‖x_i − c‖²)`` (float64, e.g. this function's squared result for an
+    earlier ``v``), default ``(0, ‖x_i‖²)``. Then ``‖x_i − v‖² = ‖x_i − c‖² −
+    2(x_i·u − c·u) + ‖u‖²`` with ``u = v − c``: one matrix-vector product instead of an
+    ``[n, d]`` difference (on CPU a fresh 400 MB temporary costs more in page faults than
+    the arithmetic). Rows where that expansion cancels (the result is small against its
+    terms, see :data:`CANCELLATION`) or overflows are recomputed directly from ``x_i − v``.
+    Matrices of at most :data:`SMALL_MATRIX` entries take ``x − v`` directly (fewer ops).
+    """
+    n, d = x.shape
+    if x.numel() <= SMALL_MATRIX:  # the difference is a small, cached temporary: direct
+        diff = x - v
+        out = torch.linalg.vector_norm(diff, dim=1).to(torch.float64)
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            out[bad] = row_norms(diff[bad])
+        return out
+    if center is None:
+        c, base = None, row_sq_norms(x)
+        u = v
+    else:
+        c, base = center
+        u = v - c
+    uu = row_sq_norms(u.reshape(1, -1))[0]
+    dots = (x @ u).to(torch.float64)
+    c_norm = 0.0
+    if c is not None:  # c·u rounds like x_i·u: covered by the 2‖u‖·‖c‖ term below
+        dots -= float(torch.dot(c, u))
+        c_norm = float(torch.linalg.vector_norm(c))
+    sq = base - 2.0 * dots + uu
+    terms = base + uu + 2.0 * uu.sqrt() * (base.sqrt() + 2.0 * c_norm)
+    redo = ~(torch.isfinite(sq) & (sq >= CANCELLATION * terms))
+    if bool(redo.any()):
+        idx = torch.nonzero(redo).squeeze(1)
+        sq[idx] = _direct_sq_distances(x[idx], v)
+    return sq.clamp_(min=0.0).sqrt_()
 
 
 def _center_row(x: torch.Tensor) -> torch.Tensor:
@@ -271,6 +351,72 @@ def coordinate_median(updates: torch.Tensor) -> torch.Tensor:
     if n % 2 == 1:
         return srt[n // 2].clone()
     return srt[n // 2 - 1] * 0.5 + srt[n // 2] * 0.5
+
+
+MEDIAN_BLOCK = 1 << 14  # columns per block of closest_to_median: a [θ, 16384] slice stays in cache
+
+
+def _topk_closest(s: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [d], row indices [β, d]) of the β values of each column of ``s`` closest to
+    the column's median, by ``topk`` on the distances (the definition)."""
+    keep = torch.topk((s - coordinate_median(s)).abs(), beta, dim=0, largest=False).indices
+    return torch.gather(s, 0, keep).mean(dim=0), keep
+
+
+def closest_to_median(x: torch.Tensor, chosen: torch.Tensor, beta: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(aggregate [d], counts [θ]): per coordinate, the mean of the β values of the rows
+    ``x[chosen]`` closest to their median (Bulyan's second step, MeaMed), and how many
+    coordinates each chosen row contributes to (int64, in ``chosen``'s order).
+
+    In a sorted column the β values nearest the median are a window of β consecutive
+    values, the one whose larger end distance r is smallest; when that set is unique (the
+    two values just outside the window lie farther than r) it is exactly the set ``topk``
+    of the distances selects, and its members are the rows within r of the median. So each
+    block of columns is sorted (numpy, fast along axis 0) and needs no ``topk``; columns
+    where a value outside the window ties at distance r (e.g. repeated values) go through
+    ``topk`` as the definition states, so ties resolve as before.
+    """
+    theta, d = len(chosen), x.shape[1]
+    if d == 0 or x.device.type != "cpu":
+        aggregate, keep = _topk_closest(x[chosen], beta)
+        return aggregate, torch.bincount(keep.reshape(-1), minlength=theta)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ~15 small ops per block: a thread team only waits (6× slower)
+    try:
+        return _closest_to_median_blocks(x, chosen, beta)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _closest_to_median_blocks(x: torch.Tensor, chosen: torch.Tensor, beta: int
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    theta, d = len(chosen), x.shape[1]
+    aggregate = torch.empty(d, dtype=x.dtype, device=x.device)
+    counts = torch.zeros(theta, dtype=torch.int64, device=x.device)
+    windows = theta - beta + 1
+    offsets = torch.arange(beta, device=x.device)[:, None]
+    for start in range(0, d, MEDIAN_BLOCK):
+        s = x[:, start:start + MEDIAN_BLOCK].index_select(0, chosen)     # [θ, w], rows in θ order
+        srt = sort_columns(s)
+        med = (srt[theta // 2] if theta % 2 else
+               srt[theta // 2 - 1] * 0.5 + srt[theta // 2] * 0.5)  # = coordinate_median(s)
+        dist = (srt - med).abs()                                  # as topk would see them
+        radius, j = torch.maximum(dist[:windows], dist[beta - 1:]).min(dim=0)
+        inf = dist.new_full((1, dist.shape[1]), float("inf"))
+        padded = torch.cat([inf, dist, inf])                      # neighbours of the window
+        outside = torch.minimum(padded.gather(0, j[None]), padded.gather(0, (j + beta + 1)[None]))
+        tied = outside[0] <= radius
+        aggregate[start:start + s.shape[1]] = srt.gather(0, j[None] + offsets).mean(dim=0)
+        member = (s - med).abs() <= radius
+        if bool(tied.any()):
+            cols = torch.nonzero(tied).squeeze(1)
+            member[:, cols] = False
+            agg_t, keep = _topk_closest(s[:, cols], beta)
+            aggregate[start + cols] = agg_t
+            counts += torch.bincount(keep.reshape(-1), minlength=theta)
+        counts += member.sum(dim=1)
+    return aggregate, counts
 
 
 def robust_zscores(values: torch.Tensor) -> torch.Tensor:

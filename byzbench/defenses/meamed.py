@@ -7,10 +7,8 @@ from typing import ClassVar
 import torch
 
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
-from byzbench.defenses.geometry import coordinate_median
+from byzbench.defenses.geometry import closest_to_median
 from byzbench.registry import DEFENSES
-
-BLOCK = 1 << 16  # columns per block: the [n − f, block] index tensor stays small
 
 
 class MeamedParams(DefenseParams):
@@ -40,16 +38,9 @@ class Meamed(Defense):
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         n, d = updates.shape
         k = n - min(max(int(ctx.f), 0), n - 1)
-        median = coordinate_median(updates)
-        aggregate = torch.empty(d, dtype=updates.dtype, device=updates.device)
-        counts = torch.zeros(n, dtype=torch.float64, device=updates.device)
-        for start in range(0, d, BLOCK):
-            block = updates[:, start:start + BLOCK]
-            # |x − median| overflows to +inf for huge rows, which are then never chosen
-            near = torch.topk((block - median[start:start + BLOCK]).abs(), k, dim=0,
-                              largest=False).indices                      # [k, block]
-            aggregate[start:start + BLOCK] = torch.gather(block, 0, near).mean(dim=0)
-            counts += torch.bincount(near.reshape(-1), minlength=n).to(torch.float64)
+        aggregate, counts = closest_to_median(
+            updates, torch.arange(n, device=updates.device), k)
+        counts = counts.to(torch.float64)
         weights = (counts / counts.sum()).to(updates.dtype) if d > 0 else counts.to(
             updates.dtype)
         return Verdict(aggregate=aggregate, weights=weights, flagged=None)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -109,22 +110,51 @@ class SignStatistics(Defense):
     @staticmethod
     def _majority(feats: np.ndarray, seed: int, p: SignStatisticsParams) -> np.ndarray:
         """[m] bool: members of the largest cluster of the sign features."""
-        from sklearn.cluster import KMeans, MeanShift, estimate_bandwidth  # ~0.5 s: lazily
+        from sklearn.cluster import KMeans, MeanShift  # ~0.5 s: lazily
 
         m = feats.shape[0]
         if m < 3 or np.ptp(feats, axis=0).max() <= 1e-12:
             return np.ones(m, dtype=bool)
-        if p.clusterer == "kmeans":
-            labels = KMeans(n_clusters=min(p.n_clusters, m), n_init=10,
-                            random_state=seed).fit_predict(feats)
-        else:
-            bandwidth = estimate_bandwidth(feats, quantile=p.bandwidth_quantile,
-                                           random_state=seed)
-            if not bandwidth > 0:
-                return np.ones(m, dtype=bool)
-            labels = MeanShift(bandwidth=bandwidth, bin_seeding=True,
-                               cluster_all=p.cluster_all).fit_predict(feats)
+        with _one_openmp_thread():
+            if p.clusterer == "kmeans":
+                labels = KMeans(n_clusters=min(p.n_clusters, m), n_init=10,
+                                random_state=seed).fit_predict(feats)
+            else:
+                bandwidth = knn_bandwidth(feats, p.bandwidth_quantile)
+                if not bandwidth > 0:
+                    return np.ones(m, dtype=bool)
+                labels = MeanShift(bandwidth=bandwidth, bin_seeding=True,
+                                   cluster_all=p.cluster_all).fit_predict(feats)
         valid = labels[labels >= 0]
         if valid.size == 0:
             return np.ones(m, dtype=bool)
         return labels == np.bincount(valid).argmax()
+
+
+def knn_bandwidth(feats: np.ndarray, quantile: float) -> float:
+    """scikit-learn's ``estimate_bandwidth(feats, quantile)`` (all rows, no subsampling):
+    the mean over rows of the distance to the k-th nearest row, the row itself included,
+    k = max(1, ⌊m·quantile⌋). One [m, m] distance matrix instead of a NearestNeighbors
+    index (whose set-up dominates at m ≈ 20 rows)."""
+    m = feats.shape[0]
+    k = max(1, int(m * quantile))
+    diff = feats[:, None, :] - feats[None, :, :]
+    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    return float(np.partition(dist, k - 1, axis=1)[:, k - 1].mean())
+
+
+_CONTROLLER: Any = None
+
+
+def _one_openmp_thread() -> AbstractContextManager[Any]:
+    """Limit scikit-learn's OpenMP to one thread while torch runs several: its team then
+    competes with torch's spin-waiting threads, which made a clustering call 4–13× slower on
+    a loaded machine (benchmarks/bench_defenses.py --clustering). With one torch thread
+    there is no such contention and resizing the team each call would only cost."""
+    global _CONTROLLER
+    if torch.get_num_threads() <= 1:
+        return nullcontext()
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+        _CONTROLLER = ThreadpoolController()  # after scikit-learn has loaded its OpenMP
+    return _CONTROLLER.limit(limits=1, user_api="openmp")
