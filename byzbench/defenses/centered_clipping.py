@@ -16,7 +16,12 @@ from byzbench.defenses.base import (
     SecureView,
     Verdict,
 )
-from byzbench.defenses.geometry import coordinate_median, distances_to, normalized_weights
+from byzbench.defenses.geometry import (
+    coordinate_median,
+    distances_to,
+    normalized_weights,
+    row_norms,
+)
 from byzbench.registry import DEFENSES
 
 if TYPE_CHECKING:
