@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-
-from byzbench.config import Cell, CellConfig, ConfigError, Grid, grid_from_dict, load_grid
 import torch
 
+from byzbench.config import Cell, CellConfig, ConfigError, Grid, grid_from_dict, load_grid
 from byzbench.engine.simulation import CellResult
 from byzbench.engine.simulation import run_cell as _run_cell
 from byzbench.ray_executor import RayOptions
