@@ -11,19 +11,30 @@
     interpreter start and imports: the first run in the process (loads the dataset) and
     the median of the warm runs. Single thread by default, as ByzFL's figure (2.3 s).
 (c) peak memory (max RSS) of the process, and its RSS before the cell.
+(d) the reference cell against its GEMM floor (issue 16: target ≤ 1.6×): the floor is the
+    time of exactly the matrix products the cell needs — per local step of every client the
+    forward product of each layer, the weight-gradient product of each layer and the
+    backward product into each layer below the last, and every evaluation's forward
+    products — at the cell's shapes, batched over the clients as the engine batches them,
+    into preallocated outputs, on this process's threads. Cell and floor alternate
+    ``--repeats`` times; medians. ``--profile`` adds where the cell's time goes (cProfile,
+    cumulative per engine stage).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from _memory import peak_rss_mib, rss_mib
 
 from byzbench.config import CellConfig, ComponentSpec
-from byzbench.engine.simulation import run_cell
+from byzbench.engine.simulation import Simulation, run_cell
 from byzbench.engine.training import plan_batches, train_reference, train_vectorized
 from byzbench.models import BatchedMLP
 from byzbench.registry import DATASETS
@@ -69,10 +80,80 @@ REFERENCE_CELL = CellConfig(
 )
 
 
+def gemm_floor(config: CellConfig) -> tuple[Callable[[], None], float]:
+    """A function running exactly the matrix products of ``config``'s cell (an MLP cell,
+    fixed batch size, every client every round) and their FLOPs."""
+    sim = Simulation(config)
+    widths = sim.model.widths
+    n, steps = config.participants, config.local.steps
+    b = min(config.local.batch_size, int(sim.data.counts.min()))
+    evals = len([r for r in range(config.rounds)
+                 if (r + 1) % config.eval_every == 0 or r == config.rounds - 1])
+    n_test = sim.x_test.shape[0]
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g)
+
+    fwd, bwd_w, bwd_x = [], [], []   # (args, out) of each product of one local step
+    for i, (a, c) in enumerate(zip(widths[:-1], widths[1:])):
+        fwd.append((rand(n, 1, c), rand(n, b, a), rand(n, c, a).transpose(1, 2),
+                    torch.empty(n, b, c)))
+        bwd_w.append((rand(n, c, b), rand(n, b, a), torch.empty(n, c, a)))
+        if i > 0:
+            bwd_x.append((rand(n, b, c), rand(n, c, a), torch.empty(n, b, a)))
+    ev = [(rand(1, 1, c), rand(1, n_test, a), rand(1, c, a).transpose(1, 2),
+           torch.empty(1, n_test, c)) for a, c in zip(widths[:-1], widths[1:])]
+    flops_step = sum(2 * n * b * a * c for a, c in zip(widths[:-1], widths[1:]))
+    flops = (config.rounds * steps * (2 * flops_step + sum(
+        2 * n * b * a * c for a, c in zip(widths[1:-1], widths[2:])))
+        + evals * flops_step // (n * b) * n_test)
+
+    def run() -> None:
+        for _ in range(config.rounds * steps):
+            for bias, x, w, out in fwd:
+                torch.baddbmm(bias, x, w, out=out)
+            for x, y, out in bwd_w:
+                torch.bmm(x, y, out=out)
+            for x, y, out in bwd_x:
+                torch.bmm(x, y, out=out)
+        for _ in range(evals):
+            for bias, x, w, out in ev:
+                torch.baddbmm(bias, x, w, out=out)
+
+    return run, flops
+
+
+STAGES = [("local training", "training.py", "train_chunked"),
+          ("batch plans", "training.py", "plan_batches"),
+          ("evaluation", "training.py", "evaluate_sums"),
+          ("defense (FedAvg)", "defenses/base.py", "__call__"),
+          ("seeded generators", "seeding.py", "torch_generator"),
+          ("cell set-up", "simulation.py", "__init__")]
+
+
+def profile_cell(config: CellConfig, repeats: int) -> None:
+    """Where the cell's time goes: cProfile cumulative seconds of the engine's stages."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(repeats):
+        run_cell(config)
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = sum(v[3] for k, v in stats.items() if k[2] == "run_cell") / repeats
+    ops = sum(v[1] for k, v in stats.items() if k[0] == "~") / repeats
+    print(f"    profile (cProfile, per cell, inflated by the profiler): {total * 1e3:.1f} ms, "
+          f"{ops:,.0f} calls into torch/C")
+    for label, file, func in STAGES:
+        cum = sum(v[3] for k, v in stats.items() if k[0].endswith(file) and k[2] == func)
+        print(f"      {label:<20} {cum / repeats * 1e3:7.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")
@@ -101,6 +182,24 @@ def main() -> None:
           f"(min {min(warm):.3f} s)   [must ≤ 1.0 s, target ≤ 0.25 s; ByzFL 2.3 s]")
     print(f"    final accuracy: {result.summary['accuracy']:.4f} "
           f"(first run {first.summary['accuracy']:.4f}: identical = reproducible)")
+    floor_fn, flops = gemm_floor(REFERENCE_CELL)
+    floor_fn()
+    cells, floors = [], []
+    for _ in range(args.repeats):  # alternated, so both see the same load
+        start = time.perf_counter()
+        run_cell(REFERENCE_CELL)
+        cells.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        floor_fn()
+        floors.append(time.perf_counter() - start)
+    cell_s, floor_s = statistics.median(cells), statistics.median(floors)
+    print(f"\n(d) reference cell vs its GEMM floor ({flops / 1e9:.2f} GFLOP), alternated, "
+          f"medians of {args.repeats}:")
+    print(f"    cell {cell_s * 1e3:.1f} ms, floor {floor_s * 1e3:.1f} ms "
+          f"({flops / floor_s / 1e9:.1f} GFLOP/s), ratio {cell_s / floor_s:.2f}× "
+          f"(target ≤ 1.6×): {'PASS' if cell_s / floor_s <= 1.6 else 'FAIL'}")
+    if args.profile:
+        profile_cell(REFERENCE_CELL, args.repeats)
     print(f"\n(c) peak RSS of the process: {peak:.0f} MiB (RSS before the cell, after "
           f"imports: {rss_before:.0f} MiB)")
 

@@ -245,8 +245,11 @@ class Simulation:
         host_malicious = self.malicious[clients]
         any_malicious = bool(host_malicious.any())  # numpy: no device sync
         malicious = to_device(torch.from_numpy(host_malicious), dev)
-        truth = malicious & attack_on
-        reference = malicious if self.attack.knowledge == "partial" else ~malicious
+        # who is attacking is known on the host, unless a transport attack says otherwise
+        truth_h = torch.from_numpy(host_malicious & attack_on)
+        truth: torch.Tensor | None = None
+        reference = (malicious if self.attack.knowledge == "partial" else
+                     to_device(torch.from_numpy(~host_malicious), dev))
         nonce = numpy_rng(self.seed, "nonce", r).bytes(16) if self.keyring else None
         rctx = RoundContext(round=r, client_ids=ids, num_samples=counts.to(updates.dtype),
                             f=self.f_assumed,
@@ -280,8 +283,9 @@ class Simulation:
         self.theta = self.theta + c.server.lr * verdict.aggregate.to(self.theta.dtype)
 
         # everything the round reports, fetched from the device in one copy
-        fetch = [truth.to(torch.float64).reshape(-1),
-                 torch.isfinite(self.theta).all().to(torch.float64).reshape(1)]
+        fetch = [torch.isfinite(self.theta).all().to(torch.float64).reshape(1)]
+        if truth is not None:
+            fetch.append(truth.to(torch.float64).reshape(-1))
         flagged = verdict.flagged
         if flagged is not None:
             fetch.append(flagged.to(dev).bool().to(torch.float64).reshape(-1))
@@ -295,8 +299,9 @@ class Simulation:
                 fetch.append((pred == self.triggered[1]).float().mean().to(torch.float64
                                                                            ).reshape(1))
         host = torch.cat(fetch).cpu()
-        truth_h, finite = host[:n].bool(), bool(host[n])
-        at = n + 1
+        finite, at = bool(host[0]), 1
+        if truth is not None:
+            truth_h, at = host[at:at + n].bool(), at + n
         flagged_h = None
         if flagged is not None:
             flagged_h, at = host[at:at + n].bool(), at + n
