@@ -270,6 +270,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
             broken = False
             if running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
+                results: list[tuple[Cell, CellResult, str | None, float]] = []
                 for future in done:
                     cell, t0 = running.pop(future)
                     try:
@@ -277,8 +278,8 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
                     except BrokenProcessPool:
                         broken = True
                         if alone:           # it died running alone: its own fault
-                            finish(cell, CellResult(status="failed", error=WORKER_DIED),
-                                   None, t0)
+                            results.append((cell, CellResult(status="failed",
+                                                             error=WORKER_DIED), None, t0))
                         else:
                             suspects.append(cell)
                         continue
@@ -286,7 +287,14 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
                         result = CellResult(status="failed",
                                             error=f"{type(exc).__name__}: {exc}")
                         tb = traceback.format_exc()
-                    finish(cell, result, tb, t0)
+                    results.append((cell, result, tb, t0))
+                # the freed workers get their next cells before this process stores the
+                # finished ones, so no worker waits on a database write
+                while not broken and not suspects and queue and len(running) < workers \
+                        and submit(queue.pop()):
+                    pass
+                for item in results:
+                    finish(*item)
             else:
                 broken = bool(suspects)     # nothing could be submitted: the pool is broken
             if broken:
