@@ -238,9 +238,11 @@ class Simulation:
         index = self.data.index
         if attack_on and self.data.poisoned_index is not None:
             index = self.data.poisoned_index
-        host_counts = self.data.counts[host_ids]
+        everyone = len(clients) == c.clients   # the participants are clients 0..n-1
+        host_counts = self.data.counts if everyone else self.data.counts[host_ids]
         counts = to_device(host_counts, dev)
-        updates = self._train(index[host_ids], host_counts, self.data.x, self.data.y, r)
+        updates = self._train(index if everyone else index[host_ids], host_counts,
+                              self.data.x, self.data.y, r)
 
         host_malicious = self.malicious[clients]
         any_malicious = bool(host_malicious.any())  # numpy: no device sync

@@ -53,11 +53,13 @@ class BatchPlan:
 
     ``full_steps`` (optional, a host-side tuple): per step, whether every client of the plan
     takes it; when absent, :func:`train_vectorized` derives it with one host sync.
+    ``full_batches`` (optional): every client draws a full batch at every step.
     """
 
     rows: torch.Tensor  # [steps, n, B] long, rows of ClientData.x
     mask: torch.Tensor  # [steps, n, B] bool
     full_steps: tuple[bool, ...] | None = None
+    full_batches: bool | None = None  # host-side: mask is all True (None: not known)
 
     @property
     def steps(self) -> int:
@@ -73,7 +75,8 @@ class BatchPlan:
         full = None
         if mask.device.type == "cpu":  # free on the host; on a device leave it to the trainer
             full = tuple((mask.sum(dim=2) > 0).all(dim=1).tolist())
-        return BatchPlan(rows=rows, mask=mask, full_steps=full)
+        return BatchPlan(rows=rows, mask=mask, full_steps=full,
+                         full_batches=True if self.full_batches else None)
 
     def to(self, device: torch.device | str) -> BatchPlan:
         """This plan on ``device``; from the host it is copied asynchronously (pinned)."""
@@ -82,9 +85,10 @@ class BatchPlan:
         if full is None and self.mask.device.type == "cpu":
             full = tuple((self.mask.sum(dim=2) > 0).all(dim=1).tolist())
         if self.rows.device == device:
-            return BatchPlan(rows=self.rows, mask=self.mask, full_steps=full)
+            return BatchPlan(rows=self.rows, mask=self.mask, full_steps=full,
+                             full_batches=self.full_batches)
         return BatchPlan(rows=to_device(self.rows, device), mask=to_device(self.mask, device),
-                         full_steps=full)
+                         full_steps=full, full_batches=self.full_batches)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -129,10 +133,11 @@ def plan_batches(index: torch.Tensor, counts: torch.Tensor, batch_size: int,
         slot = (torch.arange(per_epoch * b, device=device).view(per_epoch, 1, b))
         mask = (slot < counts.view(1, n, 1)).repeat(epochs, 1, 1)
     rows = torch.gather(index.unsqueeze(0).expand(order.shape[0], n, max_n), 2, order)
-    full = None
-    if steps is not None and device.type == "cpu":  # every step: whoever has data
-        full = (bool((counts > 0).all()),) * steps
-    return BatchPlan(rows=rows, mask=mask, full_steps=full)
+    full, full_batches = None, None
+    if steps is not None and device.type == "cpu":  # the same clients take every step
+        fewest = int(counts.min())
+        full, full_batches = (fewest > 0,) * steps, fewest >= b
+    return BatchPlan(rows=rows, mask=mask, full_steps=full, full_batches=full_batches)
 
 
 def train_vectorized(model: BatchedModel, theta: torch.Tensor, data_x: torch.Tensor,
@@ -191,12 +196,16 @@ def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
     last = len(model.widths) - 2                                    # index of the output layer
     params = [p.expand(n, *p.shape[1:]).clone() for p in model.unflatten(theta.unsqueeze(0))]
     weight, bias = params[0::2], params[1::2]
-    counts = plan.mask.sum(dim=2)                                   # [steps, n]
-    all_active = plan.full_steps
-    if all_active is None:
-        all_active = tuple((counts > 0).all(dim=1).tolist())        # one host sync per plan
-    uniform = plan.mask.device.type == "cpu" and bool(plan.mask.all())
-    weights = None if uniform else (plan.mask / counts.clamp_min(1).unsqueeze(2)).unsqueeze(2)
+    uniform = plan.full_batches
+    if uniform is None:
+        uniform = plan.mask.device.type == "cpu" and bool(plan.mask.all())
+    all_active = (True,) * steps if uniform else plan.full_steps
+    counts = weights = None
+    if not uniform:
+        counts = plan.mask.sum(dim=2)                               # [steps, n]
+        weights = (plan.mask / counts.clamp_min(1).unsqueeze(2)).unsqueeze(2)
+        if all_active is None:
+            all_active = tuple((counts > 0).all(dim=1).tolist())    # one host sync per plan
     scale = -lr / b if uniform else -lr
     rows = plan.rows.reshape(-1)
     xs = data_x.index_select(0, rows).view(steps, n, b, -1).unbind(0)
@@ -232,6 +241,7 @@ def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
             weight[i].baddbmm_(delta_t.transpose(1, 2), inputs[i], alpha=scale)
             delta_t = below
         if not all_active[s]:
+            assert counts is not None
             active = counts[s] > 0
             for p, old in zip(params, before):
                 p.copy_(torch.where(active.view(n, *[1] * (p.dim() - 1)), p, old))
