@@ -1,6 +1,7 @@
 """Scale: one cell at 10, 100 and 1,000 clients, and the grid-level speedup of --workers 2.
 
     python benchmarks/bench_scale.py [--threads 1] [--repeats 3] [--seeds 24] [--skip-grid]
+                                      [--skip-sizes]
 
 (a) One cell per federation size — synthetic data (10 classes, 20 features, 50 training
     samples per client), mlp [64], FedAvg, no attack, 10 rounds of 5 local steps (batch 32,
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=24)
     parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument("--skip-sizes", action="store_true", help="only (b)")
     parser.add_argument("--cell", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--per-round", type=int, help=argparse.SUPPRESS)
@@ -189,7 +191,8 @@ def main() -> None:
     print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; CUDA available: "
           f"{torch.cuda.is_available()}; load average at start "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    run_sizes(args.threads)
+    if not args.skip_sizes:
+        run_sizes(args.threads)
     if not args.skip_grid:
         with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
             run_grids(args.seeds, args.repeats, Path(tmp))
