@@ -156,6 +156,12 @@ def profile_cell(config: CellConfig, repeats: int) -> None:
     for label, file, func in STAGES:
         cum = sum(v[3] for k, v in stats.items() if k[0].endswith(file) and k[2] == func)
         print(f"      {label:<20} {cum / repeats * 1e3:7.1f} ms")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_cell(config)
+    top = [e for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")]
+    print(f"    torch operators called per cell (top level, torch.profiler): {len(top):,}")
 
 
 def cell_vs_floor(repeats: int) -> dict[str, float]:
