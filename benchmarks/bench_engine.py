@@ -1,6 +1,7 @@
 """Engine speed: vectorized vs per-client local training, and one reference cell.
 
-    python benchmarks/bench_engine.py [--threads 1] [--repeats 5]
+    python benchmarks/bench_engine.py [--threads 1] [--repeats 5] [--profile]
+    python benchmarks/bench_engine.py --tree before=/tmp/before --tree after=. [--rounds 3]
 
 (a) local training of one round on the digits MLP [64] (5 steps, batch 32, lr 0.1) for
     20 and 100 clients: the vectorized path against the per-client reference path
@@ -11,19 +12,38 @@
     interpreter start and imports: the first run in the process (loads the dataset) and
     the median of the warm runs. Single thread by default, as ByzFL's figure (2.3 s).
 (c) peak memory (max RSS) of the process, and its RSS before the cell.
+(d) the reference cell against its GEMM floor (issue 16: target ≤ 1.6×): the floor is the
+    time of exactly the matrix products the cell needs — per local step of every client the
+    forward product of each layer, the weight-gradient product of each layer and the
+    backward product into each layer below the last, and every evaluation's forward
+    products — at the cell's shapes, batched over the clients as the engine batches them,
+    into preallocated outputs, on this process's threads. Cell and floor alternate
+    ``--repeats`` times; medians of wall time and of CPU time (steadier on a loaded
+    machine). ``--profile`` adds where the cell's time goes (cProfile, cumulative per engine
+    stage). ``--tree NAME=PATH`` runs only (d), for each byzbench checkout given (e.g.
+    ``git worktree add /tmp/before <commit>``) in its own process, the checkouts alternated
+    ``--rounds`` times: a before/after comparison on the same machine and load.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import json
+import os
+import pstats
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from _memory import peak_rss_mib, rss_mib
 
 from byzbench.config import CellConfig, ComponentSpec
-from byzbench.engine.simulation import run_cell
+from byzbench.engine.simulation import Simulation, run_cell
 from byzbench.engine.training import plan_batches, train_reference, train_vectorized
 from byzbench.models import BatchedMLP
 from byzbench.registry import DATASETS
@@ -69,12 +89,144 @@ REFERENCE_CELL = CellConfig(
 )
 
 
+def gemm_floor(config: CellConfig) -> tuple[Callable[[], None], float]:
+    """A function running exactly the matrix products of ``config``'s cell (an MLP cell,
+    fixed batch size, every client every round) and their FLOPs."""
+    sim = Simulation(config)
+    widths = sim.model.widths
+    n, steps = config.participants, config.local.steps
+    b = min(config.local.batch_size, int(sim.data.counts.min()))
+    evals = len([r for r in range(config.rounds)
+                 if (r + 1) % config.eval_every == 0 or r == config.rounds - 1])
+    n_test = sim.x_test.shape[0]
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g)
+
+    fwd, bwd_w, bwd_x = [], [], []   # (args, out) of each product of one local step
+    for i, (a, c) in enumerate(zip(widths[:-1], widths[1:])):
+        fwd.append((rand(n, 1, c), rand(n, b, a), rand(n, c, a).transpose(1, 2),
+                    torch.empty(n, b, c)))
+        bwd_w.append((rand(n, c, b), rand(n, b, a), torch.empty(n, c, a)))
+        if i > 0:
+            bwd_x.append((rand(n, b, c), rand(n, c, a), torch.empty(n, b, a)))
+    ev = [(rand(1, 1, c), rand(1, n_test, a), rand(1, c, a).transpose(1, 2),
+           torch.empty(1, n_test, c)) for a, c in zip(widths[:-1], widths[1:])]
+    flops_step = sum(2 * n * b * a * c for a, c in zip(widths[:-1], widths[1:]))
+    flops = (config.rounds * steps * (2 * flops_step + sum(
+        2 * n * b * a * c for a, c in zip(widths[1:-1], widths[2:])))
+        + evals * flops_step // (n * b) * n_test)
+
+    def run() -> None:
+        for _ in range(config.rounds * steps):
+            for bias, x, w, out in fwd:
+                torch.baddbmm(bias, x, w, out=out)
+            for x, y, out in bwd_w:
+                torch.bmm(x, y, out=out)
+            for x, y, out in bwd_x:
+                torch.bmm(x, y, out=out)
+        for _ in range(evals):
+            for bias, x, w, out in ev:
+                torch.baddbmm(bias, x, w, out=out)
+
+    return run, flops
+
+
+STAGES = [("local training", "training.py", "train_chunked"),
+          ("batch plans", "training.py", "plan_batches"),
+          ("evaluation", "training.py", "evaluate_sums"),
+          ("defense (FedAvg)", "defenses/base.py", "__call__"),
+          ("seeded generators", "seeding.py", "torch_generator"),
+          ("cell set-up", "simulation.py", "__init__")]
+
+
+def profile_cell(config: CellConfig, repeats: int) -> None:
+    """Where the cell's time goes: cProfile cumulative seconds of the engine's stages."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(repeats):
+        run_cell(config)
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = sum(v[3] for k, v in stats.items() if k[2] == "run_cell") / repeats
+    ops = sum(v[1] for k, v in stats.items() if k[0] == "~") / repeats
+    print(f"    profile (cProfile, per cell, inflated by the profiler): {total * 1e3:.1f} ms, "
+          f"{ops:,.0f} calls into torch/C")
+    for label, file, func in STAGES:
+        cum = sum(v[3] for k, v in stats.items() if k[0].endswith(file) and k[2] == func)
+        print(f"      {label:<20} {cum / repeats * 1e3:7.1f} ms")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_cell(config)
+    top = [e for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")]
+    print(f"    torch operators called per cell (top level, torch.profiler): {len(top):,}")
+
+
+def cell_vs_floor(repeats: int) -> dict[str, float]:
+    """(d): the reference cell and its GEMM floor alternated ``repeats`` times; medians of
+    wall time and of this process's CPU time (steadier on a loaded machine)."""
+    floor_fn, flops = gemm_floor(REFERENCE_CELL)
+    floor_fn()
+    run_cell(REFERENCE_CELL)
+    times: dict[str, list[float]] = {"cell": [], "floor": [], "cell_cpu": [], "floor_cpu": []}
+    for _ in range(repeats):  # alternated, so both see the same load
+        for name, fn in (("cell", lambda: run_cell(REFERENCE_CELL)), ("floor", floor_fn)):
+            start, cpu = time.perf_counter(), time.process_time()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            times[name + "_cpu"].append(time.process_time() - cpu)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["flops"] = flops
+    return out
+
+
+def print_cell_vs_floor(label: str, m: dict[str, float], repeats: int) -> None:
+    ratio, ratio_cpu = m["cell"] / m["floor"], m["cell_cpu"] / m["floor_cpu"]
+    print(f"    {label}cell {m['cell'] * 1e3:.1f} ms, floor {m['floor'] * 1e3:.1f} ms "
+          f"({m['flops'] / m['floor'] / 1e9:.1f} GFLOP/s): ratio {ratio:.2f}× wall, "
+          f"{ratio_cpu:.2f}× CPU time (target ≤ 1.6×): "
+          f"{'PASS' if max(ratio, ratio_cpu) <= 1.6 else 'FAIL'}")
+
+
+def compare_trees(trees: list[str], rounds: int, repeats: int, threads: int) -> None:
+    """(d) for several byzbench checkouts (``NAME=PATH``), each in its own process with this
+    script, the checkouts alternated ``rounds`` times; medians over the rounds."""
+    results: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for tree in trees:
+            name, path = tree.split("=", 1)
+            env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
+            proc = subprocess.run([sys.executable, __file__, "--floor-only", "--repeats",
+                                   str(repeats), "--threads", str(threads)], env=env,
+                                  capture_output=True, text=True, check=True)
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("CELL_FLOOR "))
+            results.setdefault(name, []).append(json.loads(line.split(" ", 1)[1]))
+    print(f"(d) reference cell vs its GEMM floor per checkout, {rounds} alternated processes × "
+          f"{repeats} repeats, medians; load average {os.getloadavg()[0]:.2f}")
+    for name, runs in results.items():
+        m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print_cell_vs_floor(f"{name:>8}: ", m, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                        help="only (d), for each byzbench checkout given, alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations for --tree")
+    parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.floor_only:
+        print("CELL_FLOOR " + json.dumps(cell_vs_floor(args.repeats)))
+        return
+    if args.tree:
+        compare_trees(args.tree, args.rounds, args.repeats, args.threads)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")
 
     rss_before = rss_mib()
@@ -101,6 +253,12 @@ def main() -> None:
           f"(min {min(warm):.3f} s)   [must ≤ 1.0 s, target ≤ 0.25 s; ByzFL 2.3 s]")
     print(f"    final accuracy: {result.summary['accuracy']:.4f} "
           f"(first run {first.summary['accuracy']:.4f}: identical = reproducible)")
+    m = cell_vs_floor(args.repeats)
+    print(f"\n(d) reference cell vs its GEMM floor ({m['flops'] / 1e9:.2f} GFLOP), alternated, "
+          f"medians of {args.repeats}:")
+    print_cell_vs_floor("", m, args.repeats)
+    if args.profile:
+        profile_cell(REFERENCE_CELL, args.repeats)
     print(f"\n(c) peak RSS of the process: {peak:.0f} MiB (RSS before the cell, after "
           f"imports: {rss_before:.0f} MiB)")
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from byzbench.config import Cell, CellConfig, ConfigError, Grid, grid_from_dict, load_grid
-from byzbench.engine.simulation import CellResult, run_cell
+from byzbench.engine.simulation import CellResult
+from byzbench.engine.simulation import run_cell as _run_cell
 from byzbench.ray_executor import RayOptions
-from byzbench.runner import RunSummary, run_grid
+from byzbench.runner import DEFAULT_THREADS, RunSummary, run_grid
 from byzbench.store import ResultsStore, StoreError
 
 
@@ -43,6 +45,20 @@ def run(grid: Grid | str | Path, results_dir: str | Path | None = None,
         grid = load_grid(grid)
     return run_grid(grid, results_dir, workers=workers, threads=threads, force=force,
                     strict=strict, executor=executor, ray_options=ray_options)
+
+
+def run_cell(config: CellConfig, device: torch.device | str | None = None,
+             threads: int = DEFAULT_THREADS) -> CellResult:
+    """Simulate one cell (:func:`byzbench.engine.simulation.run_cell`) on ``threads`` torch
+    threads — one by default, as in a grid — and restore the caller's thread count after."""
+    if threads < 1:
+        raise ConfigError(f"threads must be ≥ 1, got {threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_cell(config, torch.device(device) if device is not None else None)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def load_results(results_dir: str | Path) -> Results:

@@ -68,8 +68,8 @@ def run(
                                                  help="results directory "
                                                       "\\[default: results/<grid name>]")] = None,
     threads: Annotated[int | None, typer.Option(
-        "--threads", "-t", min=1, help="torch threads per worker \\[default: CPU count / "
-                                       "workers]")] = None,
+        "--threads", "-t", min=1, help="torch threads per worker (more help only large "
+                                       "models: README, Performance) \\[default: 1]")] = None,
     force: Annotated[bool, typer.Option(help="re-run cells already finished")] = False,
     strict: Annotated[bool, typer.Option(help="fail before running if any cell's defense "
                                               "cannot run (instead of skipping it)")] = False,

@@ -2,9 +2,10 @@
 
 Cells already finished (``done`` or ``skipped``) in the results database are not run
 again unless ``force``; failed cells are retried. With the local executor each cell runs in
-a worker process (``workers > 1``) or in this process, torch threads divided among the
-workers; with the Ray executor (:mod:`byzbench.ray_executor`) each cell is a Ray task and
-this process still writes every result. A cell that raises is stored as ``failed`` with its
+a worker process (``workers > 1``) or in this process, on one torch thread unless
+``threads`` says otherwise (:data:`DEFAULT_THREADS`); with the Ray executor
+(:mod:`byzbench.ray_executor`) each cell is a Ray task and this process still writes every
+result. A cell that raises is stored as ``failed`` with its
 error and the grid goes on; Ctrl-C stops the run and keeps every finished cell.
 """
 
@@ -66,8 +67,10 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+DEFAULT_THREADS = 1
+"""torch threads per cell unless asked otherwise: at a grid's shapes a second thread gains
+little even on a quiet machine, and on a loaded one it makes a cell many times slower (see
+benchmarks/bench_threads.py); parallelism comes from the worker processes instead."""
 
 
 def strict_check(grid: Grid) -> None:
@@ -105,8 +108,8 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | N
     ``start`` and ``end``. ``executor``: ``local`` (``workers`` processes) or ``ray``
     (``ray_options``; raises :class:`~byzbench.ray_executor.RayUnavailableError` before
     anything runs when Ray is not installed). ``threads``: torch threads per local worker
-    (default: the CPU count divided among the workers; the Ray executor sizes its tasks
-    with ``ray_options.cpus_per_cell`` instead).
+    (default :data:`DEFAULT_THREADS`, one; the Ray executor sizes its tasks with
+    ``ray_options.cpus_per_cell`` instead, one CPU and so one thread by default).
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}' (allowed: {', '.join(EXECUTORS)})")
@@ -157,7 +160,7 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | N
                 assert ray_options is not None
                 run_ray(pending, emit, finish, ray_options)
             elif workers == 1 or len(pending) <= 1:
-                _run_inline(pending, emit, finish, threads or threads_per_worker(1))
+                _run_inline(pending, emit, finish, threads or DEFAULT_THREADS)
             else:
                 _run_pool(pending, workers, emit, finish, threads)
         except KeyboardInterrupt as exc:
@@ -229,7 +232,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
     stored as failed (:data:`WORKER_DIED`), the others complete. So a worker's death costs
     only the cell that caused it."""
     workers = min(workers, len(pending))
-    initargs = (threads or threads_per_worker(workers), list(sys.path),
+    initargs = (threads or DEFAULT_THREADS, list(sys.path),
                 grid_datasets(pending), os.getpid())
 
     def new_pool() -> ProcessPoolExecutor:
@@ -267,6 +270,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
             broken = False
             if running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
+                results: list[tuple[Cell, CellResult, str | None, float]] = []
                 for future in done:
                     cell, t0 = running.pop(future)
                     try:
@@ -274,8 +278,8 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
                     except BrokenProcessPool:
                         broken = True
                         if alone:           # it died running alone: its own fault
-                            finish(cell, CellResult(status="failed", error=WORKER_DIED),
-                                   None, t0)
+                            results.append((cell, CellResult(status="failed",
+                                                             error=WORKER_DIED), None, t0))
                         else:
                             suspects.append(cell)
                         continue
@@ -283,7 +287,14 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
                         result = CellResult(status="failed",
                                             error=f"{type(exc).__name__}: {exc}")
                         tb = traceback.format_exc()
-                    finish(cell, result, tb, t0)
+                    results.append((cell, result, tb, t0))
+                # the freed workers get their next cells before this process stores the
+                # finished ones, so no worker waits on a database write
+                while not broken and not suspects and queue and len(running) < workers \
+                        and submit(queue.pop()):
+                    pass
+                for item in results:
+                    finish(*item)
             else:
                 broken = bool(suspects)     # nothing could be submitted: the pool is broken
             if broken:

@@ -71,8 +71,7 @@ def _threads(results: Path) -> set[int]:
 
 
 @pytest.mark.parametrize(("workers", "threads", "expected"),
-                         [(1, None, os.cpu_count()), (1, 1, 1), (2, 1, 1),
-                          (2, None, max(1, (os.cpu_count() or 1) // 2))])
+                         [(1, None, 1), (1, 2, 2), (2, 1, 1), (2, None, 1), (2, 2, 2)])
 def test_cli_threads_option_sets_torch_threads_per_worker(tiny_grid: Path, tmp_path: Path,
                                                           workers, threads, expected):
     out = tmp_path / "res"
@@ -80,6 +79,37 @@ def test_cli_threads_option_sets_torch_threads_per_worker(tiny_grid: Path, tmp_p
     result = runner.invoke(app, args + ([] if threads is None else ["-t", str(threads)]))
     assert result.exit_code == 0, result.output
     assert _threads(out) == {expected}
+
+
+def test_inline_run_defaults_to_one_thread_and_restores_the_callers(tiny_grid: Path,
+                                                                     tmp_path: Path):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_grid(load_grid(tiny_grid), tmp_path / "res", workers=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert _threads(tmp_path / "res") == {1}
+
+
+def test_api_run_cell_uses_one_thread_and_restores_the_callers(tiny_grid: Path):
+    import torch
+
+    config = load_grid(tiny_grid).cells[0].config
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert bb.run_cell(config).summary["threads"] == 1
+        assert torch.get_num_threads() == 2
+        assert bb.run_cell(config, threads=2).summary["threads"] == 2
+        with pytest.raises(bb.ConfigError, match="threads"):
+            bb.run_cell(config, threads=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_cli_threads_option_rejects_ray_and_zero(tiny_grid: Path):

@@ -267,15 +267,20 @@ class Simulation:
         index = self.data.index
         if attack_on and self.data.poisoned_index is not None:
             index = self.data.poisoned_index
-        host_counts = self.data.counts[host_ids]
+        everyone = len(clients) == c.clients   # the participants are clients 0..n-1
+        host_counts = self.data.counts if everyone else self.data.counts[host_ids]
         counts = to_device(host_counts, dev)
-        updates = self._train(index[host_ids], host_counts, self.data.x, self.data.y, r)
+        updates = self._train(index if everyone else index[host_ids], host_counts,
+                              self.data.x, self.data.y, r)
 
         host_malicious = self.malicious[clients]
         any_malicious = bool(host_malicious.any())  # numpy: no device sync
         malicious = to_device(torch.from_numpy(host_malicious), dev)
-        truth = malicious & attack_on
-        reference = malicious if self.attack.knowledge == "partial" else ~malicious
+        # who is attacking is known on the host, unless a transport attack says otherwise
+        truth_h = torch.from_numpy(host_malicious & attack_on)
+        truth: torch.Tensor | None = None
+        reference = (malicious if self.attack.knowledge == "partial" else
+                     to_device(torch.from_numpy(~host_malicious), dev))
         nonce = numpy_rng(self.seed, "nonce", r).bytes(16) if self.keyring else None
         rctx = RoundContext(round=r, client_ids=ids, num_samples=counts.to(updates.dtype),
                             f=self.f_assumed,
@@ -326,8 +331,9 @@ class Simulation:
         self.theta = self.theta + c.server.lr * aggregate.to(self.theta.dtype)
 
         # everything the round reports, fetched from the device in one copy
-        fetch = [truth.to(torch.float64).reshape(-1),
-                 torch.isfinite(self.theta).all().to(torch.float64).reshape(1)]
+        fetch = [torch.isfinite(self.theta).all().to(torch.float64).reshape(1)]
+        if truth is not None:
+            fetch.append(truth.to(torch.float64).reshape(-1))
         flagged = verdict.flagged
         if flagged is not None:
             fetch.append(flagged.to(dev).bool().to(torch.float64).reshape(-1))
@@ -341,8 +347,9 @@ class Simulation:
                 fetch.append((pred == self.triggered[1]).float().mean().to(torch.float64
                                                                            ).reshape(1))
         host = torch.cat(fetch).cpu()
-        truth_h, finite = host[:n].bool(), bool(host[n])
-        at = n + 1
+        finite, at = bool(host[0]), 1
+        if truth is not None:
+            truth_h, at = host[at:at + n].bool(), at + n
         flagged_h = None
         if flagged is not None:
             flagged_h, at = host[at:at + n].bool(), at + n

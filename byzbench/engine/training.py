@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from byzbench.models import BatchedModel
+from byzbench.models import BatchedMLP, BatchedModel
+
+threshold_backward = torch.ops.aten.threshold_backward  # ReLU's backward, one kernel
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,13 @@ class BatchPlan:
 
     ``full_steps`` (optional, a host-side tuple): per step, whether every client of the plan
     takes it; when absent, :func:`train_vectorized` derives it with one host sync.
+    ``full_batches`` (optional): every client draws a full batch at every step.
     """
 
     rows: torch.Tensor  # [steps, n, B] long, rows of ClientData.x
     mask: torch.Tensor  # [steps, n, B] bool
     full_steps: tuple[bool, ...] | None = None
+    full_batches: bool | None = None  # host-side: mask is all True (None: not known)
 
     @property
     def steps(self) -> int:
@@ -71,7 +75,8 @@ class BatchPlan:
         full = None
         if mask.device.type == "cpu":  # free on the host; on a device leave it to the trainer
             full = tuple((mask.sum(dim=2) > 0).all(dim=1).tolist())
-        return BatchPlan(rows=rows, mask=mask, full_steps=full)
+        return BatchPlan(rows=rows, mask=mask, full_steps=full,
+                         full_batches=True if self.full_batches else None)
 
     def to(self, device: torch.device | str) -> BatchPlan:
         """This plan on ``device``; from the host it is copied asynchronously (pinned)."""
@@ -80,9 +85,10 @@ class BatchPlan:
         if full is None and self.mask.device.type == "cpu":
             full = tuple((self.mask.sum(dim=2) > 0).all(dim=1).tolist())
         if self.rows.device == device:
-            return BatchPlan(rows=self.rows, mask=self.mask, full_steps=full)
+            return BatchPlan(rows=self.rows, mask=self.mask, full_steps=full,
+                             full_batches=self.full_batches)
         return BatchPlan(rows=to_device(self.rows, device), mask=to_device(self.mask, device),
-                         full_steps=full)
+                         full_steps=full, full_batches=self.full_batches)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -127,13 +133,23 @@ def plan_batches(index: torch.Tensor, counts: torch.Tensor, batch_size: int,
         slot = (torch.arange(per_epoch * b, device=device).view(per_epoch, 1, b))
         mask = (slot < counts.view(1, n, 1)).repeat(epochs, 1, 1)
     rows = torch.gather(index.unsqueeze(0).expand(order.shape[0], n, max_n), 2, order)
-    return BatchPlan(rows=rows, mask=mask)
+    full, full_batches = None, None
+    if steps is not None and device.type == "cpu":  # the same clients take every step
+        fewest = int(counts.min())
+        full, full_batches = (fewest > 0,) * steps, fewest >= b
+    return BatchPlan(rows=rows, mask=mask, full_steps=full, full_batches=full_batches)
 
 
 def train_vectorized(model: BatchedModel, theta: torch.Tensor, data_x: torch.Tensor,
                      data_y: torch.Tensor, plan: BatchPlan, lr: float, momentum: float = 0.0,
                      weight_decay: float = 0.0) -> torch.Tensor:
-    """SGD from ``theta`` [d] for every client of ``plan`` at once; returns the updates [n, d]."""
+    """SGD from ``theta`` [d] for every client of ``plan`` at once; returns the updates [n, d].
+
+    Plain SGD (no momentum, no weight decay) of an MLP takes :func:`_train_mlp_sgd`, which
+    fuses each layer's gradient into its update; every other case runs the model's
+    ``loss_grad`` and the optimizer step on the flat ``[n, d]`` matrix."""
+    if type(model) is BatchedMLP and not momentum and not weight_decay:
+        return _train_mlp_sgd(model, theta, data_x, data_y, plan, lr)
     n = plan.rows.shape[1]
     W = theta.unsqueeze(0).repeat(n, 1)
     buf: torch.Tensor | None = None
@@ -161,6 +177,75 @@ def train_vectorized(model: BatchedModel, theta: torch.Tensor, data_x: torch.Ten
         stepped = torch.add(W, grad, alpha=-lr)
         W = stepped if all_active[s] else torch.where(active, stepped, W)
     return W - theta
+
+
+def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
+                   data_y: torch.Tensor, plan: BatchPlan, lr: float) -> torch.Tensor:
+    """Plain SGD of every client's MLP: the arithmetic of :meth:`BatchedMLP.loss_grad`
+    followed by the SGD step, in few kernels per local step.
+
+    The layers stay batched ``[n, out, in]`` tensors for the whole plan and every step's
+    batch is gathered up front; each weight gradient is applied by the product that computes
+    it (``baddbmm_``: W ← W − lr·δᵀh, no gradient tensor). The output layer works on
+    transposed logits ``[n, classes, B]``, so its softmax reduces across rows instead of
+    along a handful of contiguous classes. When every sample weighs the same (every client
+    a full batch at every step) the weight 1/B is folded into the products' scale. Results
+    equal the generic path's to float rounding (a fused multiply-add, the order of a
+    reduction); a client that sits a step out keeps its parameters exactly."""
+    n, steps, b = plan.clients, plan.steps, plan.rows.shape[2]
+    last = len(model.widths) - 2                                    # index of the output layer
+    params = [p.expand(n, *p.shape[1:]).clone() for p in model.unflatten(theta.unsqueeze(0))]
+    weight, bias = params[0::2], params[1::2]
+    uniform = plan.full_batches
+    if uniform is None:
+        uniform = plan.mask.device.type == "cpu" and bool(plan.mask.all())
+    all_active = (True,) * steps if uniform else plan.full_steps
+    counts = weights = None
+    if not uniform:
+        counts = plan.mask.sum(dim=2)                               # [steps, n]
+        weights = (plan.mask / counts.clamp_min(1).unsqueeze(2)).unsqueeze(2)
+        if all_active is None:
+            all_active = tuple((counts > 0).all(dim=1).tolist())    # one host sync per plan
+    scale = -lr / b if uniform else -lr
+    rows = plan.rows.reshape(-1)
+    xs = data_x.index_select(0, rows).view(steps, n, b, -1).unbind(0)
+    ys = data_y.index_select(0, rows).view(steps, n, 1, b).unbind(0)
+    minus_one = torch.full((1, 1, 1), -1.0, dtype=theta.dtype, device=theta.device
+                           ).expand(n, 1, b)
+    # views made once; the in-place updates show through them
+    weight_t = [w.transpose(1, 2) for w in weight]
+    bias_row = [v.unsqueeze(1) for v in bias]
+    out_bias = bias[last].unsqueeze(2)
+    for s in range(steps):
+        if not all_active[s]:
+            before = [p.clone() for p in params]
+        h = xs[s]
+        inputs = []
+        for i in range(last):
+            inputs.append(h)
+            h = torch.baddbmm(bias_row[i], h, weight_t[i]).relu_()
+        inputs.append(h)
+        # d(weighted CE)/d(logits)ᵀ = w · (softmax − onehot), as [n, classes, B]
+        z = torch.baddbmm(out_bias, weight[last], h.transpose(1, 2))
+        delta = z.sub_(z.amax(dim=1, keepdim=True)).exp_()
+        delta.div_(delta.sum(dim=1, keepdim=True)).scatter_add_(1, ys[s], minus_one)
+        if weights is not None:
+            delta.mul_(weights[s])
+        delta_t = delta.transpose(1, 2)                             # [n, B, classes]
+        for i in reversed(range(last + 1)):
+            # into the layer below through this layer's weights before their update; ReLU's
+            # backward zeroes it where the layer below's output was not positive
+            below = (threshold_backward(torch.bmm(delta_t, weight[i]), inputs[i], 0.0)
+                     if i else None)
+            bias[i].add_(delta_t.sum(dim=1), alpha=scale)
+            weight[i].baddbmm_(delta_t.transpose(1, 2), inputs[i], alpha=scale)
+            delta_t = below
+        if not all_active[s]:
+            assert counts is not None
+            active = counts[s] > 0
+            for p, old in zip(params, before):
+                p.copy_(torch.where(active.view(n, *[1] * (p.dim() - 1)), p, old))
+    return torch.cat([p.reshape(n, -1) for p in params], dim=1).sub_(theta)
 
 
 def train_chunked(model: BatchedModel, theta: torch.Tensor, data_x: torch.Tensor,
