@@ -293,12 +293,12 @@ class Simulation:
                             global_params=self.theta)
         if self.dp is not None and self.dp.mode == "local":
             # honest clients noise what they send: an attack that knows their updates sees this
-            updates = self._dp_clients(updates, truth, r)
+            updates = self._dp_clients(updates, to_device(truth_h, dev), r)
         if attack_on and any_malicious and self.attack.stage != "transport":
             poisoned = self.attack.poison_updates(updates.clone(), ctx)
             updates = torch.where(malicious.unsqueeze(1), poisoned.to(updates.dtype), updates)
         if self.dp is not None and self.dp.mode == "central":
-            updates = self._dp_clients(updates, truth, r)  # the server's norm bound
+            updates = self._dp_clients(updates, to_device(truth_h, dev), r)  # the norm bound
 
         secure = c.privacy.secure_aggregation != "none"
         messages, sign_s, secagg_s = None, None, None
