@@ -167,7 +167,7 @@ def test_cnn_tied_pooling_window_sends_gradient_to_one_slot():
     y = torch.tensor([[1]])
     grad = model.loss_grad(theta.unsqueeze(0), x, y, torch.ones(1, 1))[0]
     p = torch.softmax(torch.tensor([2.0, -2.0]), 0)
-    dhidden = (p[0] - 0.0) * 1.0 + (p[1] - 1.0) * -1.0      # ∂CE/∂hidden through w2
+    dhidden = float((p[0] - 0.0) * 1.0 + (p[1] - 1.0) * -1.0)  # ∂CE/∂hidden through w2
     gw, gb = torch.split(grad, model.sizes)[:2]
     assert gb.item() == pytest.approx(4 * dhidden, rel=1e-5)  # 4 pooled cells × w1 = 1
     assert gw.abs().max() == 0                               # blank input: no weight gradient
