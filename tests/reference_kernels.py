@@ -6,9 +6,9 @@ bench_attack_kernels.py`` times both side by side. Not a test module (no ``test_
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from byzbench.attacks.model import halving_search
 
 
 def reference_column_std(rows: torch.Tensor, unbiased: bool = True,
@@ -32,21 +32,7 @@ def reference_search_in(attack, b: torch.Tensor, mean: torch.Tensor, p: torch.Te
         mal = attack.candidate(mean, p, gamma, out_dtype)
         return bool(attack.objective((b - mal).square().sum(dim=1)) <= limit)
 
-    gamma, steps = p_.gamma_init, 0
-    if p_.grow:
-        while ok(gamma) and steps < p_.max_steps and math.isfinite(gamma * 2):
-            gamma, steps = gamma * 2, steps + 1
-    step, good = gamma, 0.0
-    while steps < p_.max_steps:
-        if ok(gamma):
-            good = gamma
-            gamma += step / 2
-        else:
-            gamma -= step / 2
-        step /= 2
-        steps += 1
-        if good > 0 and abs(good - gamma) <= p_.tolerance * good:
-            break
+    good = halving_search(ok, p_.gamma_init, p_.grow, p_.max_steps, p_.tolerance)
     return attack.candidate(mean, p, good, out_dtype), good
 
 

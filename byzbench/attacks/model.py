@@ -9,6 +9,7 @@ clients' own honestly-computed updates under ``knowledge: partial``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from statistics import NormalDist
 from typing import ClassVar, Literal
@@ -128,6 +129,30 @@ class Gaussian(Attack):
 
 
 # ------------------------------------------------------------------- statistical attacks
+
+
+def halving_search(ok: Callable[[float], bool], gamma_init: float, grow: bool,
+                   max_steps: int, tolerance: float) -> float:
+    """The largest γ that ``ok`` accepts, by the min-max/min-sum authors' search
+    (Shejwalkar & Houmansadr, NDSS 2021): optionally double γ while accepted, then step up
+    on success and down on failure, halving the step, until the last accepted γ is within
+    ``tolerance`` (relative) or ``max_steps`` steps are spent; 0.0 if none was accepted."""
+    gamma, steps = gamma_init, 0
+    if grow:
+        while ok(gamma) and steps < max_steps and math.isfinite(gamma * 2):
+            gamma, steps = gamma * 2, steps + 1
+    step, good = gamma, 0.0
+    while steps < max_steps:
+        if ok(gamma):
+            good = gamma
+            gamma += step / 2
+        else:
+            gamma -= step / 2
+        step /= 2
+        steps += 1
+        if good > 0 and abs(good - gamma) <= tolerance * good:
+            break
+    return good
 
 
 @lru_cache(maxsize=1024)  # called every round with the same (n, f)
@@ -417,22 +442,7 @@ class _Shejwalkar(Attack):
             decided = fast.decide(gamma)
             return exact(gamma) if decided is None else decided
 
-        gamma, steps = p_.gamma_init, 0
-        if p_.grow:
-            while ok(gamma) and steps < p_.max_steps and math.isfinite(gamma * 2):
-                gamma, steps = gamma * 2, steps + 1
-        # the authors' halving search: step up on success, down on failure, halving the step
-        step, good = gamma, 0.0
-        while steps < p_.max_steps:
-            if ok(gamma):
-                good = gamma
-                gamma += step / 2
-            else:
-                gamma -= step / 2
-            step /= 2
-            steps += 1
-            if good > 0 and abs(good - gamma) <= p_.tolerance * good:
-                break
+        good = halving_search(ok, p_.gamma_init, p_.grow, p_.max_steps, p_.tolerance)
         return self.candidate(mean, p, good, out_dtype), good
 
     def poison_updates(self, updates: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
