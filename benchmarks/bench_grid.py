@@ -1,7 +1,7 @@
 """Whole-grid wall time: ``byzbench run`` on a grid file into a temporary directory.
 
     python benchmarks/bench_grid.py [GRID ...] [-w 2] [-t 1] [--repeats 1]
-                                    [--tree NAME=PATH ...] [--top 8]
+                                    [--tree NAME=PATH ...] [--top 8] [--keep DIR]
 
 Each run is the whole command (``python -m byzbench run GRID -o TMP -w W [-t T] -q`` in a
 fresh interpreter: start-up, imports, pool, every cell, every store write), timed from
@@ -17,12 +17,16 @@ Per run it prints wall time, cells/s, and from the run's SQLite store where the 
 Σ cell wall_s (the cells' own time, as ``run_cell`` measures it), the part of workers ×
 wall not inside any cell (process start, imports, pool, dataset loads, store writes,
 scheduling), Σ aggregation time, and the ``--top`` defenses and attacks by summed cell time.
+``--keep DIR`` keeps each tree's last results under ``DIR/NAME`` (otherwise a temporary
+directory), so ``benchmarks/compare_results.py DIR/before DIR/after`` can show, from the same
+runs, that the numbers did not move.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -35,10 +39,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GRID = ROOT / "benchmarks" / "grids" / "issue16_grid.yaml"
 
 
-def run_once(tree: Path, grid: Path, workers: int, threads: int | None) -> dict:
-    """One whole ``byzbench run`` of ``grid`` with the byzbench of ``tree``; its figures."""
+def run_once(tree: Path, grid: Path, workers: int, threads: int | None,
+             keep: Path | None = None) -> dict:
+    """One whole ``byzbench run`` of ``grid`` with the byzbench of ``tree``; its figures.
+    ``keep``: write the results there (replacing what it holds) instead of a temporary
+    directory."""
     with tempfile.TemporaryDirectory(prefix="bench_grid_") as tmp:
         out = Path(tmp) / "results"
+        if keep is not None:
+            shutil.rmtree(keep, ignore_errors=True)
+            out = keep
         cmd = [sys.executable, "-m", "byzbench", "run", str(grid), "-o", str(out),
                "-w", str(workers), "-q"]
         if threads is not None:
@@ -74,6 +84,8 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
                         help="a byzbench checkout to run (default: this one)")
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep each tree's last results in DIR/NAME")
     args = parser.parse_args()
     trees = [(name, Path(path).resolve()) for name, path in
              (t.split("=", 1) for t in args.tree)] or [("this", ROOT)]
@@ -86,7 +98,10 @@ def main() -> None:
         results: dict[str, list[dict]] = {name: [] for name, _ in trees}
         for rep in range(args.repeats):
             for name, tree in trees:  # alternated, so every tree sees the same load
-                res = run_once(tree, grid, args.workers, args.threads)
+                keep = None if args.keep is None else (
+                    args.keep.resolve() / (name if len(args.grids) == 1
+                                           else f"{name}-{grid.stem}"))
+                res = run_once(tree, grid, args.workers, args.threads, keep)
                 results[name].append(res)
                 print(f"  [{grid.name} · {name} · run {rep + 1}] {res['wall']:.1f} s, "
                       f"{res['cells']} cells, load {os.getloadavg()[0]:.2f}", flush=True)

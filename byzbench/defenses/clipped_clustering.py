@@ -17,6 +17,7 @@ from byzbench.defenses.base import (
     Verdict,
 )
 from byzbench.defenses.geometry import pairwise_cosine, row_norms
+from byzbench.defenses.sklearn_calls import lean_sklearn
 from byzbench.registry import DEFENSES
 
 
@@ -90,8 +91,9 @@ class ClippedClustering(Defense):
             cos = pairwise_cosine(x)
             dist = (1.0 - 0.5 * (cos + cos.T)).clamp(0.0, 2.0).cpu().numpy()
             np.fill_diagonal(dist, 0.0)
-            labels = AgglomerativeClustering(n_clusters=2, metric="precomputed",
-                                             linkage=p.linkage).fit_predict(dist)
+            with lean_sklearn():
+                labels = AgglomerativeClustering(n_clusters=2, metric="precomputed",
+                                                 linkage=p.linkage).fit_predict(dist)
             keep = torch.from_numpy(largest_cluster(labels, dist)).to(device)
         else:  # one or two rows: no majority to find
             keep = torch.ones(m, dtype=torch.bool, device=device)

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
 from byzbench.defenses.geometry import mean_of, pairwise_sq_distances, row_norms, row_scale
+from byzbench.defenses.sklearn_calls import lean_sklearn
 from byzbench.registry import DEFENSES
 
 
@@ -81,8 +82,8 @@ class Clustering(Defense):
             coords = exact_coordinates(x, self.params.metric)
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator,
                                      device=ctx.generator.device).item())
-            with warnings.catch_warnings():  # identical updates: fewer distinct clusters
-                warnings.simplefilter("ignore", ConvergenceWarning)
+            with warnings.catch_warnings(), lean_sklearn():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # identical updates
                 labels = KMeans(n_clusters=k, n_init=self.params.n_init,
                                 random_state=seed).fit(coords).labels_
             keep_label = self._largest(labels, x)

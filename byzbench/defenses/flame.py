@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
 from byzbench.defenses.geometry import pairwise_cosine, pairwise_sq_distances, row_norms
+from byzbench.defenses.sklearn_calls import lean_sklearn
 from byzbench.registry import DEFENSES
 
 
@@ -112,10 +113,11 @@ class Flame(Defense):
                 cos = pairwise_cosine(x)
                 dist = (1.0 - 0.5 * (cos + cos.T)).clamp(0.0, 2.0)
                 dist.fill_diagonal_(0.0)
-            labels = HDBSCAN(min_cluster_size=m // 2 + 1, min_samples=1,
-                             metric="precomputed", allow_single_cluster=True,
-                             cluster_selection_epsilon=p.selection_epsilon,
-                             copy=True).fit_predict(dist.cpu().numpy())
+            with lean_sklearn():
+                labels = HDBSCAN(min_cluster_size=m // 2 + 1, min_samples=1,
+                                 metric="precomputed", allow_single_cluster=True,
+                                 cluster_selection_epsilon=p.selection_epsilon,
+                                 copy=True).fit_predict(dist.cpu().numpy())
             clustered = labels[labels >= 0]
             if clustered.size > 0:  # else (all noise): admit everyone, as the reference code
                 best = np.bincount(clustered).argmax()
