@@ -21,6 +21,12 @@ n = 100, d = 10⁶ with the aggregates equal to 1e-5.
     python benchmarks/bench_defenses.py --references    # ours vs references, n=100, d=1e6
     python benchmarks/bench_defenses.py --references --threads 1   # as a cell runs them
     python benchmarks/bench_defenses.py --clustering    # sign_statistics' clustering per round
+    python benchmarks/bench_defenses.py --meanshift     # MeanShift: scikit-learn vs ours
+
+``--meanshift`` times scikit-learn's ``MeanShift(bin_seeding=True).fit_predict`` against
+:func:`byzbench.defenses.mean_shift.mean_shift_labels` on the sign features of random
+rounds (m = 20 and 100 rows by default), interleaved, one torch thread: medians, the ratio,
+and whether the labels are equal (cluster_all false, timed, and true).
 """
 
 from __future__ import annotations
@@ -303,6 +309,55 @@ def run_clustering(sizes: list[str], reps: int) -> None:
                   f"{mp / mo:>7.1f}x{f'{same}/{reps}':>11}", flush=True)
 
 
+def run_meanshift(sizes: list[str], reps: int) -> None:
+    """scikit-learn's MeanShift call as sign_statistics made it (bandwidth = knn_bandwidth at
+    quantile 0.5, bin seeding, cluster_all false) vs mean_shift_labels, interleaved on the
+    sign features of ``reps`` random rounds; labels equal, with cluster_all false and true?"""
+    import warnings
+
+    import numpy as np
+    from sklearn.cluster import MeanShift
+
+    from byzbench.defenses.mean_shift import mean_shift_labels
+    from byzbench.defenses.sign_statistics import knn_bandwidth, sign_features
+
+    def sklearn_labels(feats, bandwidth, cluster_all):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Binning data failed": seeds = the points
+            return MeanShift(bandwidth=bandwidth, bin_seeding=True,
+                             cluster_all=cluster_all).fit_predict(feats)
+
+    print(f"{'cell':<16}{'rows':>5}{'sklearn ms':>12}{'ours ms':>9}{'ratio':>8}"
+          f"{'same labels':>13}")
+    for size in sizes:
+        n, d = (int(v) for v in size.lower().split("x"))
+        t_sk, t_ours, same = [], [], 0
+        for r in range(reps):
+            x = make_round(n, d, n // 5, seed=r)
+            cols = torch.randperm(d, generator=torch.Generator().manual_seed(r))
+            feats = sign_features(x, cols[:max(1, d // 10)]).numpy()
+            bandwidth = knn_bandwidth(feats, 0.5)
+            if r == 0:  # warm-up: imports, scipy's BLAS
+                sklearn_labels(feats, bandwidth, False)
+                mean_shift_labels(feats, bandwidth, False)
+            got = {}
+            calls = [("sklearn", functools.partial(sklearn_labels, feats, bandwidth, False),
+                      t_sk),
+                     ("ours", functools.partial(mean_shift_labels, feats, bandwidth, False),
+                      t_ours)]
+            for key, fn, acc in calls[::1 if r % 2 else -1]:  # alternate who goes first
+                start = time.perf_counter()
+                got[key] = fn()
+                acc.append(time.perf_counter() - start)
+            same += int(np.array_equal(got["sklearn"], got["ours"])
+                        and np.array_equal(sklearn_labels(feats, bandwidth, True),
+                                           mean_shift_labels(feats, bandwidth, True)))
+        med_sk, med_ours = statistics.median(t_sk), statistics.median(t_ours)
+        print(f"{size:<16}{n:>5}{med_sk * 1e3:>12.2f}{med_ours * 1e3:>9.3f}"
+              f"{med_sk / med_ours:>7.1f}x"
+              f"{f'{same}/{reps}':>13}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="defense names (default: every registered one)")
@@ -318,11 +373,21 @@ def main() -> None:
     ap.add_argument("--clustering", action="store_true",
                     help="sign_statistics' clustering per round, ours vs the previous calls "
                          "(sizes default to 20x4810 100x79510)")
+    ap.add_argument("--meanshift", action="store_true",
+                    help="scikit-learn's MeanShift vs mean_shift_labels on sign features, one "
+                         "torch thread (sizes default to 20x4810 100x79510)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per "
                                                  "core); engine cells default to one")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.meanshift:
+        torch.set_num_threads(args.threads or 1)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"torch {torch.get_num_threads()} thread(s), load average {load:.1f}; median of "
+              f"{max(args.reps, 20)} rounds, interleaved\n")
+        run_meanshift(args.sizes or ["20x4810", "100x79510"], max(args.reps, 20))
+        return
     if args.clustering:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"torch {torch.get_num_threads()} threads, load average {load:.1f}; median of "
