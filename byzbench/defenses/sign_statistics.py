@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from pydantic import Field, model_validator
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
 from byzbench.defenses.geometry import row_norms
 from byzbench.defenses.mean_shift import mean_shift_labels
+from byzbench.defenses.sklearn_calls import lean_sklearn
 from byzbench.registry import DEFENSES
 
 
@@ -129,7 +129,7 @@ class SignStatistics(Defense):
             return np.ones(m, dtype=bool)
         if p.clusterer == "kmeans":
             from sklearn.cluster import KMeans  # ~0.5 s: lazily
-            with _one_openmp_thread():
+            with lean_sklearn():
                 labels = KMeans(n_clusters=min(p.n_clusters, m), n_init=10,
                                 random_state=seed).fit_predict(feats)
         else:
@@ -153,21 +153,3 @@ def knn_bandwidth(feats: np.ndarray, quantile: float) -> float:
     diff = feats[:, None, :] - feats[None, :, :]
     dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
     return float(np.partition(dist, k - 1, axis=1)[:, k - 1].mean())
-
-
-_CONTROLLER: Any = None
-
-
-def _one_openmp_thread() -> AbstractContextManager[Any]:
-    """Limit scikit-learn's OpenMP to one thread around KMeans while torch runs several: its
-    team then competes with torch's spin-waiting threads, which made a clustering call 4–13×
-    slower on a loaded machine (benchmarks/bench_defenses.py --clustering). With one torch
-    thread there is no such contention and resizing the team each call would only cost.
-    (MeanShift runs no scikit-learn code: :func:`mean_shift_labels`.)"""
-    global _CONTROLLER
-    if torch.get_num_threads() <= 1:
-        return nullcontext()
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-        _CONTROLLER = ThreadpoolController()  # after scikit-learn has loaded its OpenMP
-    return _CONTROLLER.limit(limits=1, user_api="openmp")
