@@ -22,11 +22,19 @@ n = 100, d = 10⁶ with the aggregates equal to 1e-5.
     python benchmarks/bench_defenses.py --references --threads 1   # as a cell runs them
     python benchmarks/bench_defenses.py --clustering    # sign_statistics' clustering per round
     python benchmarks/bench_defenses.py --meanshift     # MeanShift: scikit-learn vs ours
+    python benchmarks/bench_defenses.py --kmeans        # KMeans: scikit-learn vs ours
 
 ``--meanshift`` times scikit-learn's ``MeanShift(bin_seeding=True).fit_predict`` against
 :func:`byzbench.defenses.mean_shift.mean_shift_labels` on the sign features of random
 rounds (m = 20 and 100 rows by default), interleaved, one torch thread: medians, the ratio,
 and whether the labels are equal (cluster_all false, timed, and true).
+
+``--kmeans`` times scikit-learn's ``KMeans(n_clusters=2, n_init=10, random_state=seed)
+.fit(coords).labels_``, called as the clustering defense called it (inside
+``lean_sklearn``), against :func:`byzbench.defenses.kmeans.kmeans_labels` on the
+``[m, m]`` exact coordinates of random rounds (m = 20 and 100 rows by default; the
+digits model's 4,810 parameters at m = 20), interleaved, one torch thread: medians, the
+ratio, and whether the labels are equal.
 """
 
 from __future__ import annotations
@@ -358,6 +366,46 @@ def run_meanshift(sizes: list[str], reps: int) -> None:
               f"{f'{same}/{reps}':>13}", flush=True)
 
 
+def run_kmeans(sizes: list[str], reps: int) -> None:
+    """The clustering defense's KMeans call (n_init=10, k=2, a new seed each round, inside
+    lean_sklearn) vs kmeans_labels, interleaved on the exact coordinates of ``reps`` random
+    rounds; labels equal?"""
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    from byzbench.defenses.clustering import exact_coordinates
+    from byzbench.defenses.kmeans import kmeans_labels
+    from byzbench.defenses.sklearn_calls import lean_sklearn
+
+    def sklearn_labels(coords, seed):
+        with lean_sklearn():
+            return KMeans(n_clusters=2, n_init=10, random_state=seed).fit(coords).labels_
+
+    print(f"{'cell':<16}{'coords':>9}{'sklearn ms':>12}{'ours ms':>9}{'ratio':>8}"
+          f"{'same labels':>13}")
+    for size in sizes:
+        n, d = (int(v) for v in size.lower().split("x"))
+        t_sk, t_ours, same = [], [], 0
+        for r in range(reps):
+            coords = exact_coordinates(make_round(n, d, n // 5, seed=r))
+            seed = 1_000_003 * r % (2**31 - 1)
+            if r == 0:  # warm-up: imports, scipy's BLAS, the OpenMP thread count
+                sklearn_labels(coords, seed)
+                kmeans_labels(coords, 2, 10, seed)
+            got = {}
+            calls = [("sklearn", functools.partial(sklearn_labels, coords, seed), t_sk),
+                     ("ours", functools.partial(kmeans_labels, coords, 2, 10, seed), t_ours)]
+            for key, fn, acc in calls[::1 if r % 2 else -1]:  # alternate who goes first
+                start = time.perf_counter()
+                got[key] = fn()
+                acc.append(time.perf_counter() - start)
+            same += int(np.array_equal(got["sklearn"], got["ours"]))
+        med_sk, med_ours = statistics.median(t_sk), statistics.median(t_ours)
+        print(f"{size:<16}{f'{n}x{coords.shape[1]}':>9}{med_sk * 1e3:>12.2f}"
+              f"{med_ours * 1e3:>9.3f}{med_sk / med_ours:>7.1f}x{f'{same}/{reps}':>13}",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="defense names (default: every registered one)")
@@ -376,6 +424,9 @@ def main() -> None:
     ap.add_argument("--meanshift", action="store_true",
                     help="scikit-learn's MeanShift vs mean_shift_labels on sign features, one "
                          "torch thread (sizes default to 20x4810 100x79510)")
+    ap.add_argument("--kmeans", action="store_true",
+                    help="scikit-learn's KMeans vs kmeans_labels on exact coordinates, one "
+                         "torch thread (sizes default to 20x4810 100x79510)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per "
                                                  "core); engine cells default to one")
     args = ap.parse_args()
@@ -387,6 +438,13 @@ def main() -> None:
         print(f"torch {torch.get_num_threads()} thread(s), load average {load:.1f}; median of "
               f"{max(args.reps, 20)} rounds, interleaved\n")
         run_meanshift(args.sizes or ["20x4810", "100x79510"], max(args.reps, 20))
+        return
+    if args.kmeans:
+        torch.set_num_threads(args.threads or 1)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"torch {torch.get_num_threads()} thread(s), load average {load:.1f}; median of "
+              f"{max(args.reps, 20)} rounds, interleaved\n")
+        run_kmeans(args.sizes or ["20x4810", "100x79510"], max(args.reps, 20))
         return
     if args.clustering:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -10,8 +10,8 @@ from pydantic import Field, model_validator
 
 from byzbench.defenses.base import Defense, DefenseParams, Privacy, RoundContext, Verdict
 from byzbench.defenses.geometry import row_norms
+from byzbench.defenses.kmeans import kmeans_labels
 from byzbench.defenses.mean_shift import mean_shift_labels
-from byzbench.defenses.sklearn_calls import lean_sklearn
 from byzbench.registry import DEFENSES
 
 
@@ -28,7 +28,9 @@ class SignStatisticsParams(DefenseParams):
         "meanshift",
         description="MeanShift (the paper: scikit-learn's MeanShift labels, computed by a "
                     "vectorised reimplementation that the tests check equal to scikit-learn's) "
-                    "or scikit-learn KMeans on the features")
+                    "or KMeans on the features (scikit-learn's KMeans labels, n_init=10, "
+                    "likewise computed by a vectorised reimplementation checked equal to "
+                    "scikit-learn's)")
     bandwidth_quantile: float = Field(
         0.5, gt=0.0, le=1.0, description="MeanShift bandwidth = estimate_bandwidth(quantile)")
     cluster_all: bool = Field(
@@ -123,15 +125,18 @@ class SignStatistics(Defense):
         ``benchmarks/bench_defenses.py --meanshift``; tests/test_mean_shift.py checks the
         labels equal to scikit-learn's). Like scikit-learn it raises ``ValueError`` when no
         seed has a point within the bandwidth, which bin seeding cannot produce with 3
-        features."""
+        features.
+
+        KMeans: the labels of scikit-learn's ``KMeans(n_clusters=min(n_clusters, m),
+        n_init=10, random_state=seed).fit_predict``, computed by
+        :func:`~byzbench.defenses.kmeans.kmeans_labels` (the restarts vectorised,
+        ``benchmarks/bench_defenses.py --kmeans``; tests/test_kmeans.py checks the labels
+        equal to scikit-learn's)."""
         m = feats.shape[0]
         if m < 3 or np.ptp(feats, axis=0).max() <= 1e-12:
             return np.ones(m, dtype=bool)
         if p.clusterer == "kmeans":
-            from sklearn.cluster import KMeans  # ~0.5 s: lazily
-            with lean_sklearn():
-                labels = KMeans(n_clusters=min(p.n_clusters, m), n_init=10,
-                                random_state=seed).fit_predict(feats)
+            labels = kmeans_labels(feats, min(p.n_clusters, m), 10, seed)
         else:
             bandwidth = knn_bandwidth(feats, p.bandwidth_quantile)
             if not bandwidth > 0:
