@@ -29,8 +29,10 @@ CHUNKS = 12
 KINDS = ("coords", "cosine", "sign", "blobs", "duplicates", "few", "lattice")
 
 
-def sklearn_fit(x: np.ndarray, k: int, n_init: int, seed: int):
-    with warnings.catch_warnings():
+def sklearn_fit(x: np.ndarray, k: int, n_init: int, seed: int, threads: int = 1):
+    """scikit-learn's fit on ``threads`` OpenMP threads (kmeans_labels' default: 1)."""
+    from threadpoolctl import threadpool_limits
+    with warnings.catch_warnings(), threadpool_limits(threads, user_api="openmp"):
         warnings.simplefilter("ignore")  # ConvergenceWarning: fewer distinct points than k
         return sklearn_cluster.KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
 
@@ -100,7 +102,7 @@ def test_labels_equal_sklearn_on_random_inputs(chunk: int) -> None:
         assert got.dtype == expected.labels_.dtype, case
         assert np.array_equal(got, expected.labels_), (case, expected.labels_, got)
         # the numbers behind the labels, bit for bit
-        _, inertia, centers = km._kmeans(x, k, n_init, random_state, None)
+        _, inertia, centers = km._kmeans(x, k, n_init, random_state)
         assert inertia == expected.inertia_, case
         assert np.array_equal(centers, expected.cluster_centers_), case
 
@@ -151,15 +153,13 @@ def test_random_inputs_cover_the_cases(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_wider_shapes_and_thread_counts() -> None:
     """Beyond the defenses' sizes: more than one 256-row chunk (the centre sums of two
     OpenMP threads), up to 64 clusters and 100 features, with one and two threads."""
-    from threadpoolctl import threadpool_limits
     rng = np.random.default_rng(11)
     for m, d, k, threads in ((300, 7, 3, 2), (600, 2, 9, 2), (520, 40, 4, 1), (100, 100, 64, 2),
                              (90, 33, 16, 1), (257, 1, 2, 2)):
         centres = rng.standard_normal((k, d)) * 3
         x = centres[rng.integers(0, k, m)] + rng.standard_normal((m, d))
         seed = int(rng.integers(0, 2**32))
-        with threadpool_limits(threads, user_api="openmp"):
-            expected = sklearn_fit(x, k, 5, seed)
+        expected = sklearn_fit(x, k, 5, seed, threads)
         labels, inertia, centers = km._kmeans(x, k, 5, seed, threads)
         assert np.array_equal(labels, expected.labels_), (m, d, k)
         assert inertia == expected.inertia_, (m, d, k)
@@ -180,7 +180,7 @@ def test_two_obvious_clusters_numbered_by_the_first_centre() -> None:
     assert kmeans_labels(x, 2, 1, 4).tolist() == [1, 1, 1, 0, 0]
     assert sklearn_fit(x, 2, 1, 4).labels_.tolist() == [1, 1, 1, 0, 0]
     # inertia: 0.1² + 0 + 0.1² (around 0.1) + 2·0.05² (around 10.05) = 0.025
-    _, inertia, centers = km._kmeans(x, 2, 10, 0, None)
+    _, inertia, centers = km._kmeans(x, 2, 10, 0)
     assert inertia == pytest.approx(0.025)
     assert np.allclose(centers[:, 0], [0.1, 10.05])
 
@@ -214,20 +214,6 @@ def test_overflowing_input_goes_to_sklearn() -> None:
 
 
 # -- each step against the scikit-learn function it reproduces -------------------------------
-
-def test_openmp_threads_are_sklearns() -> None:
-    """The prediction for a scikit-learn not yet loaded matches the loaded one's count (here
-    scikit-learn came after torch, so it runs on torch's OpenMP and its thread setting)."""
-    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            assert km._predicted_threads() == _openmp_effective_n_threads() == \
-                km.openmp_threads()
-    finally:
-        torch.set_num_threads(before)
-
 
 def test_random_state_and_draws_are_sklearns() -> None:
     """A re-seeded RandomState is RandomState(seed); one random_sample call gives the draws

@@ -39,12 +39,13 @@ rare empty-cluster relocations and the final scan of the restarts):
 Bit-for-bit equality (labels, inertia and centres) holds for finite float64 input whose
 squared distances cannot overflow (other dtypes are converted to float64, where
 scikit-learn would run float32 input in float32; overflowing input goes to scikit-learn
-itself), given the OpenMP thread count scikit-learn uses (``n_threads``, by default
-:func:`openmp_threads`; in a process that imported torch first, scikit-learn runs on
-torch's OpenMP runtime and so on torch's thread setting). That count decides the order of
-the inertia's partial sums (and, above 256 points, of the centre sums), so two restarts
-whose inertias are within a rounding of each other may be ranked otherwise under another
-count. Where scikit-learn's own result is not deterministic (three or more threads: its
+itself), given the OpenMP thread count scikit-learn runs with (``n_threads``, default 1: the
+defenses' cells ran scikit-learn on one OpenMP thread — one torch thread, whose OpenMP
+runtime scikit-learn shares once torch is loaded, or byzbench's one-thread limit — and a
+fixed count keeps a cell's labels independent of the machine). That count decides the
+order of the inertia's partial sums (and, above 256 points, of the centre sums), so two
+restarts whose inertias are within a rounding of each other may be ranked otherwise under
+another count. Where scikit-learn's own result is not deterministic (three or more threads: its
 OpenMP reductions add the partial sums in the order the threads finish) the threads' order
 is taken. The dot products come from the libraries scikit-learn calls (numpy's ``matmul``
 for the seeding, scipy's ``dgemm`` for Lloyd) with the same shapes and arguments; Lloyd's
@@ -59,33 +60,28 @@ function it reproduces.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
 import threading
 from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["MAX_ITER", "TOL", "kmeans_labels", "openmp_threads"]
+__all__ = ["MAX_ITER", "TOL", "kmeans_labels"]
 
 MAX_ITER = 300       # KMeans' default max_iter
 TOL = 1e-4           # KMeans' default tol
 CHUNK_SIZE = 256     # points per chunk of scikit-learn's Lloyd iteration
 
-_PHYSICAL: int | None = None
-_GLOBAL_SCOPE: Any = None
 _LOCAL = threading.local()   # one RandomState per thread, re-seeded per call
 
 
 def kmeans_labels(X: np.ndarray, n_clusters: int, n_init: int, random_state: int, *,
-                  n_threads: int | None = None) -> np.ndarray:
+                  n_threads: int = 1) -> np.ndarray:
     """[m] int32 labels of scikit-learn's ``KMeans(n_clusters, n_init=n_init,
     random_state=random_state).fit(X).labels_`` (k-means++ seeding, Lloyd, ``max_iter=300``,
     ``tol=1e-4``; see the module docstring), numbered as scikit-learn numbers them.
 
-    ``n_threads``: the OpenMP threads scikit-learn would use (``None``: as a plain call in
-    this process would, :func:`openmp_threads`). Raises ``ValueError`` as scikit-learn does
+    ``n_threads``: the OpenMP threads of the scikit-learn run reproduced (the order of its
+    partial sums; see the module docstring). Raises ``ValueError`` as scikit-learn does
     for an empty, non-2-D or non-finite ``X`` and for fewer rows than ``n_clusters``. Input
     whose squared distances could overflow (|x| ≳ 1e150) is clustered by scikit-learn itself
     (imported then), where inf and nan distances follow its own comparisons.
@@ -95,7 +91,7 @@ def kmeans_labels(X: np.ndarray, n_clusters: int, n_init: int, random_state: int
 
 
 def _kmeans(X: np.ndarray, n_clusters: int, n_init: int, random_state: int,
-            n_threads: int | None) -> tuple[np.ndarray, float, np.ndarray]:
+            n_threads: int = 1) -> tuple[np.ndarray, float, np.ndarray]:
     """(labels_, inertia_, cluster_centers_) of the fit :func:`kmeans_labels` describes."""
     x = np.array(X, dtype=np.float64, order="C", copy=True)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
@@ -108,7 +104,7 @@ def _kmeans(X: np.ndarray, n_clusters: int, n_init: int, random_state: int,
         raise ValueError(f"n_clusters and n_init must be >= 1, got {k} and {restarts}")
     if n < k:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
-    threads = openmp_threads() if n_threads is None else int(n_threads)
+    threads = int(n_threads)
     if threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
 
@@ -117,7 +113,7 @@ def _kmeans(X: np.ndarray, n_clusters: int, n_init: int, random_state: int,
     x -= x_mean                                       # "subtract of mean of x"
     x_sq = np.einsum("ij,ij->i", x, x)                # row_norms(X, squared=True)
     if not np.isfinite(8.0 * n * x_sq.max()):
-        return _sklearn_fit(X, k, restarts, seed)
+        return _sklearn_fit(X, k, restarts, seed, threads)
 
     rs = _random_state(seed)                          # check_random_state(int)
     centers = _kmeans_plusplus(x, x_sq, k, restarts, rs)
@@ -128,60 +124,6 @@ def _kmeans(X: np.ndarray, n_clusters: int, n_init: int, random_state: int,
         if inertia[i] < inertia[best] and not _same_clustering(labels[i], labels[best], k):
             best = i
     return labels[best], float(inertia[best]), centers[best] + x_mean
-
-
-def openmp_threads() -> int:
-    """The OpenMP threads a scikit-learn ``KMeans.fit`` called now would use
-    (``_openmp_effective_n_threads()``): scikit-learn's own answer when it is loaded, else
-    :func:`_predicted_threads`."""
-    helpers = sys.modules.get("sklearn.utils._openmp_helpers")
-    if helpers is not None:
-        return int(helpers._openmp_effective_n_threads())
-    return _predicted_threads()
-
-
-def _predicted_threads() -> int:
-    """``_openmp_effective_n_threads()`` of a scikit-learn not loaded yet: its
-    ``omp_get_max_threads()``, and unless ``OMP_NUM_THREADS`` is set, at most joblib's count
-    of physical cores (cgroup quotas included). scikit-learn's compiled modules call the
-    OpenMP runtime already in the process's global symbol scope when there is one (on Linux
-    torch loads its libgomp so: then torch's thread setting counts), else their own, which
-    starts at ``OMP_NUM_THREADS`` or the CPUs this process may run on."""
-    max_threads = _global_omp_max_threads()
-    env = os.environ.get("OMP_NUM_THREADS")
-    if max_threads is None:
-        first = (env or "").split(",")[0].strip()
-        max_threads = (int(first) if first.isdigit() and int(first) > 0 else
-                       len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                       else os.cpu_count() or 1)
-    if env:
-        return max_threads
-    return max(1, min(max_threads, _physical_cores()))
-
-
-def _global_omp_max_threads() -> int | None:
-    """``omp_get_max_threads()`` of the OpenMP runtime in the global symbol scope, if any
-    (Linux: elsewhere libraries do not bind to another library's symbols so)."""
-    global _GLOBAL_SCOPE
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        if _GLOBAL_SCOPE is None:
-            _GLOBAL_SCOPE = ctypes.CDLL(None)
-        return int(_GLOBAL_SCOPE.omp_get_max_threads())
-    except (AttributeError, OSError, TypeError):
-        return None
-
-
-def _physical_cores() -> int:
-    global _PHYSICAL
-    if _PHYSICAL is None:
-        try:
-            from joblib import cpu_count  # scikit-learn's own count (~0.1 s, once)
-            _PHYSICAL = int(cpu_count(only_physical_cores=True))
-        except ImportError:
-            _PHYSICAL = os.cpu_count() or 1
-    return _PHYSICAL
 
 
 def _random_state(seed: int) -> np.random.RandomState:
@@ -195,14 +137,16 @@ def _random_state(seed: int) -> np.random.RandomState:
     return rs
 
 
-def _sklearn_fit(X: Any, k: int, restarts: int, seed: int
+def _sklearn_fit(X: Any, k: int, restarts: int, seed: int, threads: int
                  ) -> tuple[np.ndarray, float, np.ndarray]:
-    """scikit-learn's own fit, for input :func:`kmeans_labels` does not reproduce."""
+    """scikit-learn's own fit on ``threads`` OpenMP threads, for input
+    :func:`kmeans_labels` does not reproduce."""
     import warnings
 
     from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
-    with warnings.catch_warnings():
+    from threadpoolctl import threadpool_limits
+    with warnings.catch_warnings(), threadpool_limits(threads, user_api="openmp"):
         warnings.simplefilter("ignore", ConvergenceWarning)
         km = KMeans(n_clusters=k, n_init=restarts, random_state=seed).fit(X)
     return km.labels_, float(km.inertia_), km.cluster_centers_
