@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -327,16 +327,39 @@ class ResultsStore:
     def meta(self) -> dict[str, str]:
         return {r["key"]: r["value"] for r in self.conn.execute("SELECT key, value FROM meta")}
 
+    def grid_order(self) -> dict[str, int]:
+        """cell id → its place in the grids' own order: the cells of each registered grid as
+        its file expands them, grids in the order they were first registered. Readers sort
+        by it, so what they compute never depends on the order in which cells finished
+        (which varies with the worker count and the machine's load)."""
+        rows = self.conn.execute("SELECT value FROM meta WHERE key LIKE 'cells:%' "
+                                 "ORDER BY rowid").fetchall()
+        order: dict[str, int] = {}
+        for row in rows:
+            for cell_id in json.loads(row["value"]):
+                order.setdefault(cell_id, len(order))
+        return order
+
+    def _in_grid_order(self, ids: Sequence[str]) -> list[int]:
+        """Positions that sort ``ids`` (given in storage order) into :meth:`grid_order`;
+        cells of no registered grid follow, in storage order."""
+        order = self.grid_order()
+        return sorted(range(len(ids)), key=lambda i: (order.get(ids[i], len(order)), i))
+
     def cell_rows(self) -> list[Mapping[str, Any]]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM cells ORDER BY rowid")]
+        """Every stored cell, in :meth:`grid_order`."""
+        rows = [dict(r) for r in self.conn.execute("SELECT * FROM cells ORDER BY rowid")]
+        return [rows[i] for i in self._in_grid_order([r["cell_id"] for r in rows])]
 
     def cells_frame(self) -> pd.DataFrame:
-        """One row per cell; ``axes`` and ``config`` parsed; extra axes as columns."""
+        """One row per cell, in :meth:`grid_order`; ``axes`` and ``config`` parsed; extra
+        axes as columns."""
         import pandas as pd
 
         frame = pd.read_sql_query("SELECT * FROM cells ORDER BY rowid", self.conn)
         if frame.empty:
             return frame
+        frame = frame.iloc[self._in_grid_order(list(frame["cell_id"]))].reset_index(drop=True)
         frame["axes"] = frame["axes"].map(json.loads)
         frame["config"] = frame["config"].map(json.loads)
         extra = sorted({k for axes in frame["axes"] for k in axes} - set(frame.columns))
@@ -346,9 +369,16 @@ class ResultsStore:
         return frame
 
     def rounds_frame(self) -> pd.DataFrame:
-        """One row per cell and round, with the cell's main axes joined in."""
+        """One row per cell and round (cells in :meth:`grid_order`, rounds in order), with
+        the cell's main axes joined in."""
         import pandas as pd
 
-        return pd.read_sql_query(
+        frame = pd.read_sql_query(
             "SELECT r.*, c.grid, c.attack, c.defense, c.malicious_fraction, c.seed "
             "FROM rounds r JOIN cells c USING (cell_id) ORDER BY c.rowid, r.round", self.conn)
+        if frame.empty:
+            return frame
+        ids = list(dict.fromkeys(frame["cell_id"]))          # storage order, once each
+        rank = {ids[i]: place for place, i in enumerate(self._in_grid_order(ids))}
+        position = frame["cell_id"].map(rank)
+        return frame.iloc[position.argsort(kind="stable").to_numpy()].reset_index(drop=True)

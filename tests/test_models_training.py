@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from byzbench.engine.training import (
+    BatchPlan,
     evaluate,
     plan_batches,
     train_reference,
@@ -108,6 +109,28 @@ def test_fused_mlp_sgd_with_full_batches_folds_the_weight_and_matches():
     b = train_vectorized(generic, theta, x, y, plan, 0.1)
     assert a.abs().max() > 1e-3
     assert torch.allclose(a, b, atol=1e-6, rtol=0), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_one_start_per_client_equals_separate_calls(fused):
+    """theta [n, d]: each row trains from its own start (two "cells" in one call); the
+    updates equal those of one call per start, on the fused and the generic path."""
+    gen = torch.Generator().manual_seed(8)
+    model = BatchedMLP(64, [32], 10) if fused else _GenericMLP(64, [32], 10)
+    x = torch.randn(300, 64, generator=gen)
+    y = torch.randint(0, 10, (300,), generator=gen)
+    starts = [model.init(gen), model.init(gen)]
+    assert not torch.equal(starts[0], starts[1])
+    plans = [plan_batches(*_clients(c, 300, gen), 16, 3, None, gen)
+             for c in ([40, 50, 30], [60, 20, 45])]
+    joint = BatchPlan(rows=torch.cat([p.rows for p in plans], dim=1),
+                      mask=torch.cat([p.mask for p in plans], dim=1))
+    rows = torch.cat([s.unsqueeze(0).expand(3, -1) for s in starts])
+    together = train_vectorized(model, rows, x, y, joint, 0.1)
+    for i, (start, plan) in enumerate(zip(starts, plans)):
+        alone = train_vectorized(model, start, x, y, plan, 0.1)
+        assert alone.abs().max() > 1e-3
+        assert torch.allclose(together[3 * i:3 * i + 3], alone, atol=1e-6, rtol=0)
 
 
 def test_mlp_analytic_gradient_equals_autograd():

@@ -90,10 +90,14 @@ def synthetic(fixtures_module: types.ModuleType, tmp_path: Path) -> Path:
         "grid": {"attack": ["none", "sign_flip", "gaussian", AWARE],
                  "defense": ["fedavg", "median", "trimmed_mean", "geomed"],
                  "malicious_fraction": [0.2], "seed": [0, 1, 2]}})
-    out = tmp_path / "syn"
+    return _write_synthetic(grid, tmp_path / "syn", grid.cells)
+
+
+def _write_synthetic(grid, out: Path, cells) -> Path:
+    """The synthetic results of ``grid``, its ``cells`` stored in the order given."""
     with ResultsStore.create(out) as store:
         store.register_grid(grid)
-        for cell in grid.cells:
+        for cell in cells:
             key = (cell.axes["defense"], cell.axes["attack"])
             if key not in ACCURACY:
                 continue
@@ -106,6 +110,35 @@ def synthetic(fixtures_module: types.ModuleType, tmp_path: Path) -> Path:
                 summary.update(tp=1, fp=1, fn=0, tn=9)
             store.record("syn", cell, CellResult(status="done", summary=summary))
     return out
+
+
+def test_what_is_read_does_not_depend_on_the_order_cells_finished(synthetic: Path,
+                                                                   tmp_path: Path):
+    """Cells finish in an order that varies with the workers and the machine's load; the
+    store reads them back in the grid's order, so the report (bootstrap intervals and float
+    sums included) is the same whatever that order was."""
+    with ResultsStore.open(synthetic) as store:
+        in_order = store.cells_frame()
+        grid_ids = json.loads(store.meta()["cells:syn"])
+    shuffled = list(np.random.default_rng(3).permutation(len(grid_ids)))
+    grid = grid_from_dict({
+        "name": "syn", "base": TINY_BASE,
+        "grid": {"attack": ["none", "sign_flip", "gaussian", AWARE],
+                 "defense": ["fedavg", "median", "trimmed_mean", "geomed"],
+                 "malicious_fraction": [0.2], "seed": [0, 1, 2]}})
+    cells = [grid.cells[i] for i in shuffled]
+    other = _write_synthetic(grid, tmp_path / "shuffled", cells)
+    with ResultsStore.open(other) as store:
+        stored = [r[0] for r in store.conn.execute("SELECT cell_id FROM cells ORDER BY rowid")]
+        frame, rounds = store.cells_frame(), store.rounds_frame()
+        rows = store.cell_rows()
+    assert stored != list(in_order["cell_id"])          # stored in another order ...
+    assert list(frame["cell_id"]) == list(in_order["cell_id"])  # ... read in the grid's
+    assert list(frame["cell_id"]) == [c for c in grid_ids if c in set(frame["cell_id"])]
+    assert [r["cell_id"] for r in rows] == list(frame["cell_id"])
+    assert rounds.empty or list(dict.fromkeys(rounds["cell_id"])) == \
+        [c for c in frame["cell_id"] if c in set(rounds["cell_id"])]
+    pd.testing.assert_frame_equal(_frame(other), _frame(synthetic))
 
 
 def _frame(results: Path, **filters: list[str]) -> pd.DataFrame:

@@ -143,7 +143,8 @@ def plan_batches(index: torch.Tensor, counts: torch.Tensor, batch_size: int,
 def train_vectorized(model: BatchedModel, theta: torch.Tensor, data_x: torch.Tensor,
                      data_y: torch.Tensor, plan: BatchPlan, lr: float, momentum: float = 0.0,
                      weight_decay: float = 0.0) -> torch.Tensor:
-    """SGD from ``theta`` [d] for every client of ``plan`` at once; returns the updates [n, d].
+    """SGD from ``theta`` [d] (or one start per client, [n, d]) for every client of
+    ``plan`` at once; returns the updates [n, d].
 
     Plain SGD (no momentum, no weight decay) of an MLP takes :func:`_train_mlp_sgd`, which
     fuses each layer's gradient into its update; every other case runs the model's
@@ -151,7 +152,7 @@ def train_vectorized(model: BatchedModel, theta: torch.Tensor, data_x: torch.Ten
     if type(model) is BatchedMLP and not momentum and not weight_decay:
         return _train_mlp_sgd(model, theta, data_x, data_y, plan, lr)
     n = plan.rows.shape[1]
-    W = theta.unsqueeze(0).repeat(n, 1)
+    W = theta.unsqueeze(0).repeat(n, 1) if theta.dim() == 1 else theta.clone()
     buf: torch.Tensor | None = None
     started = torch.zeros(n, 1, dtype=torch.bool, device=theta.device)
     counts = plan.mask.sum(dim=2)                                   # [steps, n]
@@ -191,10 +192,15 @@ def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
     along a handful of contiguous classes. When every sample weighs the same (every client
     a full batch at every step) the weight 1/B is folded into the products' scale. Results
     equal the generic path's to float rounding (a fused multiply-add, the order of a
-    reduction); a client that sits a step out keeps its parameters exactly."""
+    reduction); a client that sits a step out keeps its parameters exactly.
+
+    ``theta``: every client's starting point [d], or one per client [n, d] (each row's
+    update is then from its own start: several cells' clients in one call, as
+    ``benchmarks/bench_cell_batching.py`` measures)."""
     n, steps, b = plan.clients, plan.steps, plan.rows.shape[2]
     last = len(model.widths) - 2                                    # index of the output layer
-    params = [p.expand(n, *p.shape[1:]).clone() for p in model.unflatten(theta.unsqueeze(0))]
+    start = theta.unsqueeze(0) if theta.dim() == 1 else theta
+    params = [p.expand(n, *p.shape[1:]).clone() for p in model.unflatten(start)]
     weight, bias = params[0::2], params[1::2]
     uniform = plan.full_batches
     if uniform is None:
