@@ -11,6 +11,7 @@ from byzbench.engine.training import (
     BatchPlan,
     evaluate,
     plan_batches,
+    smallest_sorted,
     train_reference,
     train_vectorized,
 )
@@ -227,6 +228,29 @@ def test_batch_plan_steps_draws_without_replacement_within_client():
         rows1 = plan.rows[s, 1][plan.mask[s, 1]]
         assert len(set(rows1.tolist())) == 8
         assert set(rows1.tolist()) <= set(index[1, :50].tolist())
+
+
+def test_smallest_sorted_is_topk_whatever_the_ties():
+    """The batch plan's numpy fast path gives topk's indices: on distinct keys the same
+    ones, and where keys tie (here forced by rounding) it hands over to topk; padding keys
+    (2.0) may come in any order, as they all index the padding row."""
+    gen = torch.Generator().manual_seed(9)
+    forced_ties = 0
+    for t in range(600):
+        n, m = int(torch.randint(1, 30, (1,), generator=gen)), \
+            int(torch.randint(1, 120, (1,), generator=gen))
+        b = int(torch.randint(1, m + 1, (1,), generator=gen))
+        keys = torch.rand(5, n, m, generator=gen)
+        if t % 3 == 0:
+            keys = (keys * 50).floor() / 50
+        keys.masked_fill_((torch.rand(n, m, generator=gen) < 0.2).unsqueeze(0), 2.0)
+        ref = keys.topk(b, dim=2, largest=False, sorted=True).indices
+        got = smallest_sorted(keys, b)
+        valid = torch.gather(keys, 2, ref) < 2.0
+        assert torch.equal(torch.gather(keys, 2, got), torch.gather(keys, 2, ref))
+        assert torch.equal(torch.where(valid, got, -1), torch.where(valid, ref, -1))
+        forced_ties += int(t % 3 == 0)
+    assert forced_ties > 0
 
 
 def test_batch_plan_epochs_visit_every_sample_once_per_epoch():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -118,7 +119,7 @@ def plan_batches(index: torch.Tensor, counts: torch.Tensor, batch_size: int,
     if steps is not None:
         keys = torch.rand(steps, n, max_n, generator=generator, device=device)
         keys.masked_fill_(padding.unsqueeze(0), 2.0)
-        order = keys.topk(b, dim=2, largest=False, sorted=True).indices  # [steps, n, b]
+        order = smallest_sorted(keys, b)                            # [steps, n, b]
         mask = torch.arange(b, device=device).expand(steps, n, b) < counts.view(1, n, 1)
     else:
         assert epochs is not None
@@ -138,6 +139,22 @@ def plan_batches(index: torch.Tensor, counts: torch.Tensor, batch_size: int,
         fewest = int(counts.min())
         full, full_batches = (fewest > 0,) * steps, fewest >= b
     return BatchPlan(rows=rows, mask=mask, full_steps=full, full_batches=full_batches)
+
+
+def smallest_sorted(keys: torch.Tensor, b: int) -> torch.Tensor:
+    """``keys.topk(b, dim=2, largest=False, sorted=True).indices``: each row's b smallest
+    keys, ascending. On the CPU numpy's sort is several times faster than ``topk`` on fresh
+    random keys; its indices are the same whenever they are unique — no two equal keys
+    among a row's b + 1 smallest below the padding value 2.0 (padding positions all index
+    the same padding row, so their order cannot matter). Otherwise ``topk`` decides, so
+    ties resolve exactly as before."""
+    if keys.device.type == "cpu" and keys.dtype == torch.float32:
+        k = keys.numpy()
+        idx = np.argsort(k, axis=2)[..., :b + 1]
+        vals = np.take_along_axis(k, idx, axis=2)
+        if not ((vals[..., 1:] == vals[..., :-1]) & (vals[..., 1:] < 2.0)).any():
+            return torch.from_numpy(np.ascontiguousarray(idx[..., :b], dtype=np.int64))
+    return keys.topk(b, dim=2, largest=False, sorted=True).indices
 
 
 def train_vectorized(model: BatchedModel, theta: torch.Tensor, data_x: torch.Tensor,
