@@ -432,25 +432,19 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.meanshift:
-        torch.set_num_threads(args.threads or 1)
+    # the clustering modes: (chosen, runner, one torch thread unless --threads says otherwise)
+    for chosen, runner, one_thread in ((args.meanshift, run_meanshift, True),
+                                       (args.kmeans, run_kmeans, True),
+                                       (args.clustering, run_clustering, False)):
+        if not chosen:
+            continue
+        if one_thread:
+            torch.set_num_threads(args.threads or 1)
+        reps = max(args.reps, 20)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"torch {torch.get_num_threads()} thread(s), load average {load:.1f}; median of "
-              f"{max(args.reps, 20)} rounds, interleaved\n")
-        run_meanshift(args.sizes or ["20x4810", "100x79510"], max(args.reps, 20))
-        return
-    if args.kmeans:
-        torch.set_num_threads(args.threads or 1)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"torch {torch.get_num_threads()} thread(s), load average {load:.1f}; median of "
-              f"{max(args.reps, 20)} rounds, interleaved\n")
-        run_kmeans(args.sizes or ["20x4810", "100x79510"], max(args.reps, 20))
-        return
-    if args.clustering:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"torch {torch.get_num_threads()} threads, load average {load:.1f}; median of "
-              f"{max(args.reps, 20)} rounds, interleaved\n")
-        run_clustering(args.sizes or ["20x4810", "100x79510"], max(args.reps, 20))
+              f"{reps} rounds, interleaved\n")
+        runner(args.sizes or ["20x4810", "100x79510"], reps)
         return
     if args.references:
         torch.manual_seed(0)

@@ -10,17 +10,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sign_rounds import random_sign_features, sign_statistics_flags
 
 from byzbench.defenses import kmeans as km
 from byzbench.defenses.base import DefenseSetup, RoundContext
 from byzbench.defenses.clustering import Clustering, ClusteringParams, exact_coordinates
-from byzbench.defenses.geometry import row_norms
 from byzbench.defenses.kmeans import kmeans_labels
-from byzbench.defenses.sign_statistics import (
-    SignStatistics,
-    SignStatisticsParams,
-    sign_features,
-)
+from byzbench.defenses.sign_statistics import SignStatisticsParams
 
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
 
@@ -65,13 +61,7 @@ def random_case(seed: int) -> tuple[np.ndarray, int, int, int, str]:
         x = exact_coordinates(updates_with_attackers(rng, m),
                               "cosine" if kind == "cosine" else "euclidean")
     elif kind == "sign":
-        n_coords = int(rng.integers(20, 400))
-        u = torch.from_numpy(rng.standard_normal((m, n_coords)).astype(np.float32))
-        f = int(rng.integers(0, m // 2 + 1))
-        u[:f] = -u[:f].abs() * float(rng.uniform(0.5, 5.0))     # attackers: skewed signs
-        if rng.random() < 0.4:
-            u[:, torch.from_numpy(rng.random(n_coords) < 0.3)] = 0.0
-        x = sign_features(u, None).numpy()
+        x = random_sign_features(rng, m)
     else:
         blobs = int(rng.integers(1, 6))
         centres = rng.standard_normal((blobs, d)) * rng.uniform(0.5, 5.0)
@@ -349,25 +339,9 @@ def test_sign_statistics_kmeans_verdict_equals_sklearns() -> None:
     p = SignStatisticsParams(clusterer="kmeans")
     split_by_sign = 0
     for seed in range(8):
-        g = torch.Generator().manual_seed(100 + seed)
-        m, d = 20, 3000
-        x = torch.randn(m, d, generator=g) * 0.01 + 0.002 * (seed % 3)
-        f = 2 + seed % 5
-        x[:f] = -3.0 * x[:f].abs()
-        defense = SignStatistics(p)
-        defense.setup(DefenseSetup(num_clients=m, clients_per_round=m, f=f, dim=d, seed=0,
-                                   device=torch.device("cpu")))
-        flagged = defense(x, round_ctx(m, d, seed)).flagged
-        # sign_statistics' own steps, with scikit-learn's KMeans for the clustering
-        g = torch.Generator().manual_seed(seed)
-        norms = row_norms(x)
-        med = float(torch.quantile(norms, 0.5))
-        by_norm = (norms / med > p.norm_low) & (norms / med < p.norm_high)
-        cols = torch.randperm(d, generator=g)[:max(1, int(p.coord_fraction * d))]
-        feats = sign_features(x, cols).numpy()
-        random_state = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-        labels = sklearn_fit(feats, min(p.n_clusters, m), 10, random_state).labels_
-        by_sign = torch.from_numpy(labels == np.bincount(labels).argmax())
-        assert torch.equal(flagged, ~(by_norm & by_sign)), seed
+        flagged, expected, by_sign = sign_statistics_flags(
+            p, seed, lambda feats, rs: sklearn_fit(feats, min(p.n_clusters, len(feats)), 10,
+                                                   rs).labels_)
+        assert torch.equal(flagged, expected), seed
         split_by_sign += int(not by_sign.all())
     assert split_by_sign >= 4

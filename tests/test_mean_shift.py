@@ -10,17 +10,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sign_rounds import random_sign_features, sign_statistics_flags
 
 from byzbench.defenses import mean_shift as ms
-from byzbench.defenses.base import DefenseSetup, RoundContext
-from byzbench.defenses.geometry import row_norms
 from byzbench.defenses.mean_shift import mean_shift_labels
-from byzbench.defenses.sign_statistics import (
-    SignStatistics,
-    SignStatisticsParams,
-    knn_bandwidth,
-    sign_features,
-)
+from byzbench.defenses.sign_statistics import SignStatisticsParams, knn_bandwidth
 
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
 
@@ -68,13 +62,7 @@ def random_case(seed: int) -> tuple[np.ndarray, object, str]:
     d = int(rng.choice([1, 2, 3, 3, 3, 3, 4]))
     kind = ["blobs", "duplicates", "lattice", "scaled", "sign"][seed % 5]
     if kind == "sign":
-        n_coords = int(rng.integers(20, 400))
-        u = torch.from_numpy(rng.standard_normal((m, n_coords)).astype(np.float32))
-        f = int(rng.integers(0, m // 2 + 1))
-        u[:f] = -u[:f].abs() * float(rng.uniform(0.5, 5.0))     # attackers: skewed signs
-        if rng.random() < 0.4:
-            u[:, torch.from_numpy(rng.random(n_coords) < 0.3)] = 0.0
-        x = sign_features(u, None).numpy()
+        x = random_sign_features(rng, m)
     else:
         k = int(rng.integers(1, 5))
         centres = rng.random((k, d))
@@ -257,45 +245,16 @@ def test_suppression_is_sklearns_loop() -> None:
 
 # -- the defense end to end ------------------------------------------------------------------
 
-def sklearn_flagged(x: torch.Tensor, seed: int, p: SignStatisticsParams
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sign_statistics' (flagged, kept by the clustering) with the clustering done by
-    scikit-learn's MeanShift on the same features: the same norm filter, coordinate draw
-    and bandwidth."""
-    m, d = x.shape
-    g = torch.Generator().manual_seed(seed)
-    norms = row_norms(x)
-    med = float(torch.quantile(norms, 0.5))
-    by_norm = (norms / med > p.norm_low) & (norms / med < p.norm_high)
-    k = max(1, int(p.coord_fraction * d))
-    cols = torch.randperm(d, generator=g)[:k] if k < d else None
-    feats = sign_features(x, cols).numpy()
-    bandwidth = knn_bandwidth(feats, p.bandwidth_quantile)
-    labels = sklearn_labels(feats, bandwidth, p.cluster_all)
-    valid = labels[labels >= 0]
-    by_sign = (torch.from_numpy(labels == np.bincount(valid).argmax()) if valid.size
-               else torch.ones(m, dtype=torch.bool))
-    return ~(by_norm & by_sign), by_sign
-
-
 @pytest.mark.parametrize("cluster_all", [False, True])
 def test_sign_statistics_verdict_equals_sklearns(cluster_all: bool) -> None:
     p = SignStatisticsParams(cluster_all=cluster_all)
+
+    def sklearn_meanshift(feats: np.ndarray, _: int) -> np.ndarray:
+        return sklearn_labels(feats, knn_bandwidth(feats, p.bandwidth_quantile), p.cluster_all)
+
     split_by_sign = 0
     for seed in range(8):
-        g = torch.Generator().manual_seed(100 + seed)
-        m, d = 20, 3000
-        x = torch.randn(m, d, generator=g) * 0.01 + 0.002 * (seed % 3)
-        f = 2 + seed % 5
-        x[:f] = -3.0 * x[:f].abs()                  # attackers: negative signs, larger
-        defense = SignStatistics(p)
-        defense.setup(DefenseSetup(num_clients=m, clients_per_round=m, f=f, dim=d, seed=0,
-                                   device=torch.device("cpu")))
-        ctx = RoundContext(round=0, client_ids=torch.arange(m), num_samples=torch.ones(m),
-                           f=f, generator=torch.Generator().manual_seed(seed),
-                           global_params=torch.zeros(d))
-        flagged = defense(x, ctx).flagged
-        expected, by_sign = sklearn_flagged(x, seed, p)
+        flagged, expected, by_sign = sign_statistics_flags(p, seed, sklearn_meanshift)
         assert torch.equal(flagged, expected), seed
         split_by_sign += int(not by_sign.all())
-    assert split_by_sign >= 4                       # the clustering decided something
+    assert split_by_sign >= 4                       # the clustering decided something                       # the clustering decided something
