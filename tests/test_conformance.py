@@ -23,6 +23,15 @@ def test_every_attack_conforms(name):
     check_attack(ATTACKS.get(name))
 
 
+@pytest.mark.parametrize("name, params", [("clustering", {"metric": "cosine"}),
+                                          ("sign_statistics", {"clusterer": "kmeans"}),
+                                          ("sign_statistics", {"cluster_all": True})])
+def test_the_other_clustering_settings_conform(name, params):
+    """The non-default paths of the vectorised KMeans and MeanShift (huge and non-finite
+    attacker rows included) keep the contract too."""
+    check_defense(DEFENSES.get(name), params)
+
+
 def test_a_pipeline_with_parameters_conforms():
     check_defense(DEFENSES.get("pipeline"),
                   {"layers": ["norm_clip", {"name": "trimmed_mean", "beta": 0.2}]})
