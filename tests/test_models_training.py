@@ -240,9 +240,11 @@ def test_smallest_sorted_is_topk_whatever_the_ties():
         n, m = int(torch.randint(1, 30, (1,), generator=gen)), \
             int(torch.randint(1, 120, (1,), generator=gen))
         b = int(torch.randint(1, m + 1, (1,), generator=gen))
-        keys = torch.rand(5, n, m, generator=gen)
-        if t % 3 == 0:
-            keys = (keys * 50).floor() / 50
+        keys = torch.rand(5, n, m if t % 4 else m + 200, generator=gen)  # rows over 256
+        m = keys.shape[2]
+        b = min(b, m)
+        if t % 3 == 0:  # ties on the draws' own grid (multiples of 2^-24), and off it
+            keys = (keys * (64 if t % 2 else 50)).floor() / (64 if t % 2 else 50)
         keys.masked_fill_((torch.rand(n, m, generator=gen) < 0.2).unsqueeze(0), 2.0)
         ref = keys.topk(b, dim=2, largest=False, sorted=True).indices
         got = smallest_sorted(keys, b)
@@ -251,6 +253,35 @@ def test_smallest_sorted_is_topk_whatever_the_ties():
         assert torch.equal(torch.where(valid, got, -1), torch.where(valid, ref, -1))
         forced_ties += int(t % 3 == 0)
     assert forced_ties > 0
+
+
+def test_host_batch_plan_is_the_topk_plan_of_the_same_draws():
+    """The host plan (numpy, packed sort) against the plan's definition: the same
+    ``torch.rand`` keys, padding set to 2.0, ``topk`` of each row, rows gathered from the
+    index table; uneven, empty and long (> 256) clients, batches larger than a client."""
+    gen = torch.Generator().manual_seed(11)
+    for t in range(300):
+        n = int(torch.randint(1, 25, (1,), generator=gen))
+        high = 400 if t % 5 == 0 else 80
+        counts = torch.randint(0 if t % 6 == 0 else 1, high, (n,), generator=gen)
+        max_n = max(int(counts.max()), 1)
+        index = torch.randint(0, 10_000, (n, max_n), generator=gen)
+        index[torch.arange(max_n) >= counts.unsqueeze(1)] = 0
+        batch = int(torch.randint(1, 70, (1,), generator=gen))
+        steps = int(torch.randint(1, 6, (1,), generator=gen))
+        seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+        plan = plan_batches(index, counts, batch, steps, None,
+                            torch.Generator().manual_seed(seed))
+        b = min(batch, max_n)
+        keys = torch.rand(steps, n, max_n, generator=torch.Generator().manual_seed(seed))
+        keys.masked_fill_(torch.arange(max_n) >= counts.view(1, n, 1), 2.0)
+        order = keys.topk(b, dim=2, largest=False, sorted=True).indices
+        mask = torch.arange(b).expand(steps, n, b) < counts.view(1, n, 1)
+        rows = torch.gather(index.expand(steps, n, max_n), 2, order)
+        assert torch.equal(plan.mask, mask)
+        assert torch.equal(torch.where(mask, plan.rows, -1), torch.where(mask, rows, -1))
+        assert plan.full_steps == (int(counts.min()) > 0,) * steps
+        assert plan.full_batches == (int(counts.min()) >= b)
 
 
 def test_batch_plan_epochs_visit_every_sample_once_per_epoch():
