@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py [--threads 1] [--repeats 5] [--profile]
     python benchmarks/bench_engine.py --tree before=/tmp/before --tree after=. [--rounds 3]
+    python benchmarks/bench_engine.py --plans [--repeats 5]
 
 (a) local training of one round on the digits MLP [64] (5 steps, batch 32, lr 0.1) for
     20 and 100 clients: the vectorized path against the per-client reference path
@@ -23,6 +24,8 @@
     stage). ``--tree NAME=PATH`` runs only (d), for each byzbench checkout given (e.g.
     ``git worktree add /tmp/before <commit>``) in its own process, the checkouts alternated
     ``--rounds`` times: a before/after comparison on the same machine and load.
+(e) ``--plans``: one round's batch plan — the sort that picks each client's batch by topk,
+    numpy's argsort and the packed sort, and the whole plan against its torch definition.
 """
 
 from __future__ import annotations
@@ -44,7 +47,12 @@ from _memory import peak_rss_mib, rss_mib
 
 from byzbench.config import CellConfig, ComponentSpec
 from byzbench.engine.simulation import Simulation, run_cell
-from byzbench.engine.training import plan_batches, train_reference, train_vectorized
+from byzbench.engine.training import (
+    plan_batches,
+    smallest_sorted,
+    train_reference,
+    train_vectorized,
+)
 from byzbench.models import BatchedMLP
 from byzbench.registry import DATASETS
 
@@ -87,6 +95,68 @@ REFERENCE_CELL = CellConfig(
     local={"steps": 5, "batch_size": 32, "lr": 0.1},
     defense=ComponentSpec(name="fedavg", params={}), attack=ComponentSpec(name="none"),
 )
+
+
+def bench_plans(repeats: int) -> None:
+    """(e) one round's batch plan: the b smallest of fresh random keys per client and step
+    by ``topk``, by numpy's ``argsort`` (the plan's previous fast path) and by the packed
+    uint32 sort of :func:`~byzbench.engine.training.smallest_sorted`; then the whole plan
+    (``plan_batches``) against its definition in torch (``masked_fill``, ``topk``,
+    ``gather``). Each timing draws its own keys (``torch.rand`` included in every column):
+    a sort on the same keys again runs faster than on fresh ones."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(0)
+
+    def argsort_path(keys: torch.Tensor, b: int) -> torch.Tensor | None:
+        """The previous fast path: argsort, then the same tie test on the b + 1 smallest."""
+        k = keys.numpy()
+        idx = np.argsort(k, axis=2)[..., :b + 1]
+        vals = np.take_along_axis(k, idx, axis=2)
+        if ((vals[..., 1:] == vals[..., :-1]) & (vals[..., 1:] < 2.0)).any():
+            return None
+        return torch.from_numpy(np.ascontiguousarray(idx[..., :b], dtype=np.int64))
+
+    def torch_plan(index: torch.Tensor, counts: torch.Tensor, b: int, steps: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, m = index.shape
+        keys = torch.rand(steps, n, m, generator=gen)
+        keys.masked_fill_((torch.arange(m) >= counts.unsqueeze(1)).unsqueeze(0), 2.0)
+        order = keys.topk(b, dim=2, largest=False, sorted=True).indices
+        return (torch.gather(index.unsqueeze(0).expand(steps, n, m), 2, order),
+                torch.arange(b).expand(steps, n, b) < counts.view(1, n, 1))
+
+    def candidates(n: int, m: int) -> dict[str, Callable[[], object]]:
+        b = min(32, m)
+        counts = torch.full((n,), m)
+        counts[::3] = m - 1                       # uneven clients: padding
+        index = torch.randint(0, 10_000, (n, m), generator=gen)
+
+        def keys() -> torch.Tensor:
+            return torch.rand(5, n, m, generator=gen)
+
+        return {"topk": lambda: keys().topk(b, dim=2, largest=False, sorted=True),
+                "argsort": lambda: argsort_path(keys(), b),
+                "packed": lambda: smallest_sorted(keys(), b),
+                "torch plan": lambda: torch_plan(index, counts, b, 5),
+                "plan": lambda: plan_batches(index, counts, 32, 5, None, gen)}
+
+    print("(e) one round's batch plan, 5 steps, fresh keys each call, medians "
+          f"(x{repeats * 200} calls), µs")
+    print(f"{'clients × samples':>18} {'topk':>7} {'argsort':>8} {'packed':>7} "
+          f"{'plan: torch':>12} {'ours':>6}")
+    for n, m in ((20, 72), (100, 15), (100, 300)):
+        t = {}
+        for name, fn in candidates(n, m).items():
+            fn()
+            runs = []
+            for _ in range(repeats * 200):
+                start = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - start)
+            t[name] = statistics.median(runs) * 1e6
+        print(f"{f'{n} × {m}':>18} {t['topk']:>7.1f} {t['argsort']:>8.1f} "
+              f"{t['packed']:>7.1f} {t['torch plan']:>12.1f} {t['plan']:>6.1f}")
 
 
 def gemm_floor(config: CellConfig) -> tuple[Callable[[], None], float]:
@@ -218,6 +288,7 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
                         help="only (d), for each byzbench checkout given, alternated")
     parser.add_argument("--rounds", type=int, default=3, help="alternations for --tree")
+    parser.add_argument("--plans", action="store_true", help="only (e), the batch plan")
     parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -226,6 +297,9 @@ def main() -> None:
         return
     if args.tree:
         compare_trees(args.tree, args.rounds, args.repeats, args.threads)
+        return
+    if args.plans:
+        bench_plans(args.repeats)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")
 
