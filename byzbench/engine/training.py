@@ -272,7 +272,7 @@ def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
 
     The layers stay batched ``[n, out, in]`` tensors for the whole plan; each step's
     inputs are gathered just before it (gathering all steps' up front is one kernel fewer
-    but ~8% slower a cell: the larger working set falls out of cache); each weight gradient is applied by the product that computes
+    but slower: the larger working set falls out of cache); each weight gradient is applied by the product that computes
     it (``baddbmm_``: W ← W − lr·δᵀh, no gradient tensor). The output layer works on
     transposed logits ``[n, classes, B]``, so its softmax reduces across rows instead of
     along a handful of contiguous classes. When every sample weighs the same (every client
