@@ -282,6 +282,11 @@ def test_host_batch_plan_is_the_topk_plan_of_the_same_draws():
         assert torch.equal(torch.where(mask, plan.rows, -1), torch.where(mask, rows, -1))
         assert plan.full_steps == (int(counts.min()) > 0,) * steps
         assert plan.full_batches == (int(counts.min()) >= b)
+    # no client holds a sample: an empty plan, every step sat out
+    empty = plan_batches(torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, dtype=torch.long),
+                         8, 2, None, gen)
+    assert empty.rows.shape == empty.mask.shape == (2, 3, 0)
+    assert empty.full_steps == (False, False)
 
 
 def test_batch_plan_epochs_visit_every_sample_once_per_epoch():

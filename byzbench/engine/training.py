@@ -154,8 +154,7 @@ def _plan_steps_on_host(index: torch.Tensor, counts: torch.Tensor, b: int, steps
             keys.masked_fill_(torch.from_numpy(padding), 2.0)
         order = smallest_sorted(keys, b).numpy()
     # client i's j-th sample is row index[i, j]: one flat take instead of a gather
-    rows = np.take(index.numpy().reshape(-1),
-                   order + np.arange(0, n * max_n, max_n).reshape(1, n, 1))
+    rows = np.take(index.numpy().reshape(-1), order + np.arange(n).reshape(1, n, 1) * max_n)
     if fewest >= b:
         mask = torch.ones(steps, n, b, dtype=torch.bool)
     else:
@@ -180,11 +179,10 @@ def smallest_sorted(keys: torch.Tensor, b: int) -> torch.Tensor:
     position's 8 — and numpy sorts the packed values, so the sort carries the indices with
     it (``benchmarks/bench_engine.py --plans``: several times faster than ``topk`` on
     fresh random keys, and faster than ``argsort`` with the same tie test); longer rows
-    use ``argsort``. The
-    indices are topk's whenever they are unique — no two equal keys among a row's b + 1
-    smallest below the padding value (padding positions all index the same padding row, so
-    their order cannot matter); otherwise ``topk`` decides, so ties resolve exactly as
-    before."""
+    use ``argsort``. The indices are topk's whenever they are unique — no two equal keys
+    among a row's b + 1 smallest below the padding value (padding positions all index the
+    same padding row, so their order cannot matter); otherwise ``topk`` decides, so ties
+    resolve exactly as before."""
     if keys.device.type == "cpu" and keys.dtype == torch.float32 and keys.shape[2]:
         k = keys.numpy()
         packed = _packed_smallest(k, b)
@@ -272,8 +270,8 @@ def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
 
     The layers stay batched ``[n, out, in]`` tensors for the whole plan; each step's
     inputs are gathered just before it (gathering all steps' up front is one kernel fewer
-    but slower: the larger working set falls out of cache); each weight gradient is applied by the product that computes
-    it (``baddbmm_``: W ← W − lr·δᵀh, no gradient tensor). The output layer works on
+    but slower: the larger working set falls out of cache); each weight gradient is applied
+    by the product that computes it (``baddbmm_``: W ← W − lr·δᵀh, no gradient tensor). The output layer works on
     transposed logits ``[n, classes, B]``, so its softmax reduces across rows instead of
     along a handful of contiguous classes. When every sample weighs the same (every client
     a full batch at every step) the weight 1/B is folded into the products' scale. Results
