@@ -10,7 +10,8 @@ found it, 1,080 cells); pass ``configs/grid.yaml`` for today's. ``--tree NAME=PA
 the byzbench found at PATH (a checkout, e.g. ``git worktree add /tmp/before <commit>``)
 under that name; several trees are run alternately, ``--repeats`` times each, and the
 median of each is printed side by side, so a before/after comparison shares the machine's
-load. The load average (``os.getloadavg``) is printed before and after: on a shared
+load, with the ratio within each alternation (the steadier figure when the host's speed
+drifts between runs). The load average (``os.getloadavg``) is printed before and after: on a shared
 machine the figures are pessimistic.
 
 Per run it prints wall time, cells/s, and from the run's SQLite store where the time went:
@@ -121,7 +122,13 @@ def main() -> None:
             first = next(iter(walls))
             for name, wall in walls.items():
                 if name != first:
-                    print(f"  {first} / {name}: {walls[first] / wall:.2f}×")
+                    # the host's speed drifts between runs: the ratio within each
+                    # alternation (the two trees run back to back) is the steadier figure
+                    paired = [a["wall"] / b["wall"]
+                              for a, b in zip(results[first], results[name])]
+                    print(f"  {first} / {name}: {walls[first] / wall:.2f}× (per alternation: "
+                          f"{', '.join(f'{x:.2f}×' for x in paired)}; median "
+                          f"{statistics.median(paired):.2f}×)")
         for name, runs in results.items():
             last = runs[-1]
             print(f"\n  {name}: summed cell time by defense (s):  " + ", ".join(
