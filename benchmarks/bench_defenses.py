@@ -105,6 +105,18 @@ def run_round(defense, x: torch.Tensor, f: int, messages, nonce: bytes):
     return defense(x, ctx)
 
 
+def run_alternately(calls: list[tuple[str, Callable[[], object], list[float]]], r: int
+                    ) -> dict[str, object]:
+    """Each call once, in reverse order on every other repetition ``r`` (so neither side
+    always goes first); each one's seconds appended to its list; the results by name."""
+    got = {}
+    for key, fn, acc in calls[::1 if r % 2 else -1]:
+        start = time.perf_counter()
+        got[key] = fn()
+        acc.append(time.perf_counter() - start)
+    return got
+
+
 def ratio(t: dict[str, float], a: str, b: str) -> str:
     return f"{t[a] / t[b]:7.1f}x" if a in t and b in t else "       —"
 
@@ -303,14 +315,10 @@ def run_clustering(sizes: list[str], reps: int) -> None:
                 if r == 0:  # warm-up: imports, thread pools
                     SignStatistics._majority(feats, 0, p)
                     previous_majority(feats, p)
-                got = {}
                 calls = [("ours", functools.partial(SignStatistics._majority, feats, 0, p),
                           t_ours),
                          ("previous", functools.partial(previous_majority, feats, p), t_prev)]
-                for key, fn, acc in calls[::1 if r % 2 else -1]:  # alternate who goes first
-                    start = time.perf_counter()
-                    got[key] = fn()
-                    acc.append(time.perf_counter() - start)
+                got = run_alternately(calls, r)
                 same += int(np.array_equal(got["ours"], got["previous"]))
             mo, mp = statistics.median(t_ours), statistics.median(t_prev)
             print(f"{size:<16}{clusterer:<11}{mo * 1e3:>9.2f}{mp * 1e3:>13.2f}"
@@ -348,15 +356,11 @@ def run_meanshift(sizes: list[str], reps: int) -> None:
             if r == 0:  # warm-up: imports, scipy's BLAS
                 sklearn_labels(feats, bandwidth, False)
                 mean_shift_labels(feats, bandwidth, False)
-            got = {}
             calls = [("sklearn", functools.partial(sklearn_labels, feats, bandwidth, False),
                       t_sk),
                      ("ours", functools.partial(mean_shift_labels, feats, bandwidth, False),
                       t_ours)]
-            for key, fn, acc in calls[::1 if r % 2 else -1]:  # alternate who goes first
-                start = time.perf_counter()
-                got[key] = fn()
-                acc.append(time.perf_counter() - start)
+            got = run_alternately(calls, r)
             same += int(np.array_equal(got["sklearn"], got["ours"])
                         and np.array_equal(sklearn_labels(feats, bandwidth, True),
                                            mean_shift_labels(feats, bandwidth, True)))
@@ -392,13 +396,9 @@ def run_kmeans(sizes: list[str], reps: int) -> None:
             if r == 0:  # warm-up: imports, scipy's BLAS, the OpenMP thread count
                 sklearn_labels(coords, seed)
                 kmeans_labels(coords, 2, 10, seed)
-            got = {}
             calls = [("sklearn", functools.partial(sklearn_labels, coords, seed), t_sk),
                      ("ours", functools.partial(kmeans_labels, coords, 2, 10, seed), t_ours)]
-            for key, fn, acc in calls[::1 if r % 2 else -1]:  # alternate who goes first
-                start = time.perf_counter()
-                got[key] = fn()
-                acc.append(time.perf_counter() - start)
+            got = run_alternately(calls, r)
             same += int(np.array_equal(got["sklearn"], got["ours"]))
         med_sk, med_ours = statistics.median(t_sk), statistics.median(t_ours)
         print(f"{size:<16}{f'{n}x{coords.shape[1]}':>9}{med_sk * 1e3:>12.2f}"
