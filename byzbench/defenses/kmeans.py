@@ -65,6 +65,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from byzbench.defenses.sklearn_calls import finite_matrix, scipy_blas
+
 __all__ = ["MAX_ITER", "TOL", "kmeans_labels"]
 
 MAX_ITER = 300       # KMeans' default max_iter
@@ -93,11 +95,7 @@ def kmeans_labels(X: np.ndarray, n_clusters: int, n_init: int, random_state: int
 def _kmeans(X: np.ndarray, n_clusters: int, n_init: int, random_state: int,
             n_threads: int = 1) -> tuple[np.ndarray, float, np.ndarray]:
     """(labels_, inertia_, cluster_centers_) of the fit :func:`kmeans_labels` describes."""
-    x = np.array(X, dtype=np.float64, order="C", copy=True)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"X must be a non-empty [m, d] array, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("X contains NaN or infinity")
+    x = finite_matrix(X, copy=True)
     k, restarts, seed = int(n_clusters), int(n_init), int(random_state)
     n = x.shape[0]
     if k < 1 or restarts < 1:
@@ -270,7 +268,7 @@ def _assign(x: np.ndarray, centers: np.ndarray, chunks: _Chunks) -> np.ndarray:
     [k, d] centres: ``‖c‖² − 2 x·c`` as ``_update_chunk_dense`` computes it, one ``dgemm``
     per restart and chunk (``dgemm('T', 'N', k, n_chunk, d, −2, C, d, X, d, 1, D, k)``, D
     preset to the centres' squared norms)."""
-    gemm = _blas().dgemm
+    gemm = scipy_blas().dgemm
     a, k, d = centers.shape
     flat = centers.reshape(-1, d)
     dist = np.empty((a, x.shape[0], k))
@@ -393,6 +391,3 @@ def _same_clustering(labels1: np.ndarray, labels2: np.ndarray, k: int) -> bool:
     return bool((table.sum(axis=1) <= 1).all())
 
 
-def _blas() -> Any:
-    from scipy.linalg import blas  # scikit-learn's BLAS (scipy.linalg.cython_blas): lazily
-    return blas

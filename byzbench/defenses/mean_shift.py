@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from byzbench.defenses.sklearn_calls import finite_matrix, scipy_blas
+
 __all__ = ["MAX_ITER", "mean_shift_labels"]
 
 MAX_ITER = 300          # MeanShift's default max_iter
@@ -75,11 +77,7 @@ def mean_shift_labels(X: np.ndarray, bandwidth: float, cluster_all: bool) -> np.
     bin seeding cannot produce with at most 3 features: a seed is within ``bw·√3/2`` of the
     points of its bin, up to float32 rounding).
     """
-    x = np.ascontiguousarray(X, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"X must be a non-empty [m, d] array, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("X contains NaN or infinity")
+    x = finite_matrix(X)
     radius = float(bandwidth)
     if not (radius > 0 and np.isfinite(radius)):
         raise ValueError(f"bandwidth must be a finite number > 0, got {bandwidth!r}")
@@ -290,9 +288,6 @@ def _kd_within(q: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
     return within
 
 
-def _blas() -> Any:
-    from scipy.linalg import blas  # scikit-learn's BLAS (scipy.linalg.cython_blas): lazily
-    return blas
 
 
 def _sq_norms(a: np.ndarray) -> np.ndarray:
@@ -300,7 +295,7 @@ def _sq_norms(a: np.ndarray) -> np.ndarray:
     ``_sqeuclidean_row_norms``): the diagonal of ``a aᵀ`` from ``dgemm``, the same
     accumulation below 16 features on the OpenBLAS kernels checked (tests/test_mean_shift.py
     compares the labels, which catches a library where they differ)."""
-    blas = _blas()
+    blas = scipy_blas()
     out = np.empty(len(a))
     for lo in range(0, len(a), 256):              # [256, 256] products, not [n, n]
         part = a[lo:lo + 256]
@@ -313,7 +308,7 @@ def _sq_gemm(q: np.ndarray, y: np.ndarray, y_sq: np.ndarray | None = None) -> np
     compute them: ``max(0, (‖q‖² + (−2 q·yᵀ)) + ‖y‖²)``, the middle term from ``dgemm``
     called as ``MiddleTermComputer`` calls it."""
     q = np.ascontiguousarray(q)
-    cross = _blas().dgemm(-2.0, y.T, q.T, trans_a=1).T
+    cross = scipy_blas().dgemm(-2.0, y.T, q.T, trans_a=1).T
     y_sq = _sq_norms(y) if y_sq is None else y_sq
     return np.maximum((_sq_norms(q)[:, None] + cross) + y_sq[None, :], 0.0)
 

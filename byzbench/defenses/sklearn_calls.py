@@ -13,6 +13,10 @@ costs more than the clustering. :func:`lean_sklearn` wraps one call:
   competes with torch's spin-waiting threads, which made a clustering call 4–13× slower on
   a loaded machine (``benchmarks/bench_defenses.py --clustering``). With one torch thread
   there is no such contention and resizing the team each call would only cost.
+
+What the vectorised reimplementations (:mod:`~byzbench.defenses.kmeans`,
+:mod:`~byzbench.defenses.mean_shift`) share with scikit-learn lives here too: its input check
+(:func:`finite_matrix`) and the BLAS its Cython calls (:func:`scipy_blas`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 _CONTROLLER: Any = None
@@ -42,4 +47,23 @@ def lean_sklearn() -> Iterator[None]:
         yield
 
 
-__all__ = ["lean_sklearn"]
+def finite_matrix(X: Any, *, copy: bool = False) -> np.ndarray:
+    """``X`` as a C-ordered float64 ``[m, d]`` array (a copy of it with ``copy``); a
+    ``ValueError`` for an empty, non-2-D or non-finite one, as scikit-learn's input check."""
+    x = (np.array(X, dtype=np.float64, order="C", copy=True) if copy
+         else np.ascontiguousarray(X, dtype=np.float64))
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"X must be a non-empty [m, d] array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("X contains NaN or infinity")
+    return x
+
+
+def scipy_blas() -> Any:
+    """scipy's BLAS wrappers: the library scikit-learn's Cython calls
+    (``scipy.linalg.cython_blas``), imported lazily."""
+    from scipy.linalg import blas
+    return blas
+
+
+__all__ = ["finite_matrix", "lean_sklearn", "scipy_blas"]
