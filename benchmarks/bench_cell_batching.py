@@ -18,21 +18,11 @@ import statistics
 import time
 
 import torch
+from bench_engine import iid_client_plan
 
-from byzbench.engine.training import BatchPlan, plan_batches, train_vectorized
+from byzbench.engine.training import BatchPlan, train_vectorized
 from byzbench.models import BatchedMLP
 from byzbench.registry import DATASETS
-
-
-def client_plan(n_train: int, clients: int, seed: int) -> BatchPlan:
-    """A round's batch plan of ``clients`` iid clients, drawn with ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    parts = torch.randperm(n_train, generator=gen).tensor_split(clients)
-    counts = torch.tensor([len(p) for p in parts])
-    index = torch.zeros(clients, int(counts.max()), dtype=torch.long)
-    for i, p in enumerate(parts):
-        index[i, :len(p)] = p
-    return plan_batches(index, counts, 32, 5, None, gen)
 
 
 def main() -> None:
@@ -46,7 +36,8 @@ def main() -> None:
     model = BatchedMLP(64, [64], 10)
     k, n = args.cells, args.clients
     thetas = [model.init(torch.Generator().manual_seed(s)) for s in range(k)]
-    plans = [client_plan(len(ds.y_train), n, 100 + s) for s in range(k)]
+    plans = [iid_client_plan(len(ds.y_train), n, torch.Generator().manual_seed(100 + s))
+             for s in range(k)]
     starts = torch.cat([t.unsqueeze(0).expand(n, -1) for t in thetas])
     joint = BatchPlan(rows=torch.cat([p.rows for p in plans], dim=1),
                       mask=torch.cat([p.mask for p in plans], dim=1),

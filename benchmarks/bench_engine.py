@@ -48,6 +48,7 @@ from _memory import peak_rss_mib, rss_mib
 from byzbench.config import CellConfig, ComponentSpec
 from byzbench.engine.simulation import Simulation, run_cell
 from byzbench.engine.training import (
+    BatchPlan,
     plan_batches,
     smallest_sorted,
     train_reference,
@@ -67,19 +68,23 @@ def time_it(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def iid_client_plan(n_train: int, clients: int, gen: torch.Generator) -> BatchPlan:
+    """One round's batch plan (5 steps of batch 32) of ``clients`` iid clients sharing
+    ``n_train`` samples, the split and the batches drawn from ``gen``."""
+    parts = torch.randperm(n_train, generator=gen).tensor_split(clients)
+    counts = torch.tensor([len(p) for p in parts])
+    index = torch.zeros(clients, int(counts.max()), dtype=torch.long)
+    for i, p in enumerate(parts):
+        index[i, :len(p)] = p
+    return plan_batches(index, counts, 32, 5, None, gen)
+
+
 def bench_training(clients: int, repeats: int) -> tuple[float, float]:
     ds = DATASETS.get("digits")().load()
     model = BatchedMLP(64, [64], 10)
     gen = torch.Generator().manual_seed(0)
     theta = model.init(gen)
-    n = len(ds.y_train)
-    perm = torch.randperm(n, generator=gen)
-    parts = perm.tensor_split(clients)
-    counts = torch.tensor([len(p) for p in parts])
-    index = torch.zeros(clients, int(counts.max()), dtype=torch.long)
-    for i, p in enumerate(parts):
-        index[i, :len(p)] = p
-    plan = plan_batches(index, counts, 32, 5, None, gen)
+    plan = iid_client_plan(len(ds.y_train), clients, gen)
     vec = time_it(lambda: train_vectorized(model, theta, ds.x_train, ds.y_train, plan, 0.1),
                   repeats)
     ref = time_it(lambda: train_reference(model, theta, ds.x_train, ds.y_train, plan, 0.1),
