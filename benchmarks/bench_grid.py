@@ -11,8 +11,8 @@ the byzbench found at PATH (a checkout, e.g. ``git worktree add /tmp/before <com
 under that name; several trees are run alternately, ``--repeats`` times each, and the
 median of each is printed side by side, so a before/after comparison shares the machine's
 load, with the ratio within each alternation (the steadier figure when the host's speed
-drifts between runs). The load average (``os.getloadavg``) is printed before and after: on a shared
-machine the figures are pessimistic.
+drifts between runs). The load average (``os.getloadavg``) is printed before and after:
+on a shared machine the figures are pessimistic.
 
 Per run it prints wall time, cells/s, and from the run's SQLite store where the time went:
 Σ cell wall_s (the cells' own time, as ``run_cell`` measures it), the part of workers ×
