@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 
+from byzbench.engine import mlp_steps
 from byzbench.engine.training import (
     BatchPlan,
     evaluate,
@@ -110,6 +111,55 @@ def test_fused_mlp_sgd_with_full_batches_folds_the_weight_and_matches():
     b = train_vectorized(generic, theta, x, y, plan, 0.1)
     assert a.abs().max() > 1e-3
     assert torch.allclose(a, b, atol=1e-6, rtol=0), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("hidden", [[], [32], [32, 16]])
+@pytest.mark.parametrize("mode", [{"steps": 4, "epochs": None}, {"steps": None, "epochs": 2},
+                                  {"steps": 5, "epochs": None, "full": True}])
+def test_compiled_sgd_steps_are_bitwise_the_python_steps(hidden, mode):
+    """TorchScript runs the same operators in the same order: the updates are bitwise
+    those of the same function run as Python (uneven clients, a client without data,
+    epochs with idle steps, and full batches with the folded weight)."""
+    mode = dict(mode)
+    full = mode.pop("full", False)
+    gen = torch.Generator().manual_seed(9)
+    model = BatchedMLP(64, hidden, 10)
+    x = torch.randn(400, 64, generator=gen)
+    y = torch.randint(0, 10, (400,), generator=gen)
+    sizes = [67, 68, 70, 65, 66] if full else [3, 40, 0, 17, 60]
+    plan = plan_batches(*_clients(sizes, 400, gen), 32 if full else 16, generator=gen, **mode)
+    assert bool(plan.mask.all()) == full
+    theta = model.init(gen)
+    compiled = mlp_steps.compiled_sgd_steps()
+    assert compiled is not mlp_steps.sgd_steps  # TorchScript compiled it on this torch
+    runs = []
+    for steps in (compiled, mlp_steps.sgd_steps):
+        mlp_steps._COMPILED = steps       # the trainer calls whichever is installed
+        try:
+            runs.append(train_vectorized(model, theta, x, y, plan, 0.1))
+        finally:
+            mlp_steps._COMPILED = compiled
+    assert runs[0].abs().max() > 1e-3
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_training_runs_as_python_where_torchscript_cannot_compile(monkeypatch):
+    """A torch without TorchScript: the same function runs uncompiled, same updates."""
+    gen = torch.Generator().manual_seed(10)
+    model = BatchedMLP(64, [32], 10)
+    x = torch.randn(200, 64, generator=gen)
+    y = torch.randint(0, 10, (200,), generator=gen)
+    plan = plan_batches(*_clients([30, 50, 20], 200, gen), 16, 3, None, gen)
+    theta = model.init(gen)
+    expected = train_vectorized(model, theta, x, y, plan, 0.1)
+
+    def no_torchscript(fn):
+        raise RuntimeError("TorchScript is not available")
+
+    monkeypatch.setattr(torch.jit, "script", no_torchscript)
+    monkeypatch.setattr(mlp_steps, "_COMPILED", None)
+    assert mlp_steps.compiled_sgd_steps() is mlp_steps.sgd_steps
+    assert torch.equal(train_vectorized(model, theta, x, y, plan, 0.1), expected)
 
 
 @pytest.mark.parametrize("fused", [True, False])

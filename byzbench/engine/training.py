@@ -25,9 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from byzbench.engine.mlp_steps import run_sgd_steps
 from byzbench.models import BatchedMLP, BatchedModel
-
-threshold_backward = torch.ops.aten.threshold_backward  # ReLU's backward, one kernel
 
 
 @dataclass(frozen=True)
@@ -268,24 +267,24 @@ def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
     """Plain SGD of every client's MLP: the arithmetic of :meth:`BatchedMLP.loss_grad`
     followed by the SGD step, in few kernels per local step.
 
-    The layers stay batched ``[n, out, in]`` tensors for the whole plan; each step's
-    inputs are gathered just before it (gathering all steps' up front is one kernel fewer
-    but slower: the larger working set falls out of cache); each weight gradient is applied
-    by the product that computes it (``baddbmm_``: W ← W − lr·δᵀh, no gradient tensor). The output layer works on
-    transposed logits ``[n, classes, B]``, so its softmax reduces across rows instead of
-    along a handful of contiguous classes. When every sample weighs the same (every client
-    a full batch at every step) the weight 1/B is folded into the products' scale. Results
-    equal the generic path's to float rounding (a fused multiply-add, the order of a
-    reduction); a client that sits a step out keeps its parameters exactly.
+    The layers stay batched ``[n, out, in]`` tensors for the whole plan, and the steps run
+    in :func:`byzbench.engine.mlp_steps.sgd_steps` (compiled by TorchScript on the CPU):
+    each step's inputs are gathered just before it (gathering all steps' up front is one
+    kernel fewer but slower: the larger working set falls out of cache); each weight
+    gradient is applied by the product that computes it (``baddbmm_``: W ← W − lr·δᵀh, no
+    gradient tensor). The output layer works on transposed logits ``[n, classes, B]``, so
+    its softmax reduces across rows instead of along a handful of contiguous classes. When
+    every sample weighs the same (every client a full batch at every step) the weight 1/B
+    is folded into the products' scale. Results equal the generic path's to float rounding
+    (a fused multiply-add, the order of a reduction); a client that sits a step out keeps
+    its parameters exactly.
 
     ``theta``: every client's starting point [d], or one per client [n, d] (each row's
     update is then from its own start: several cells' clients in one call, as
     ``benchmarks/bench_cell_batching.py`` measures)."""
     n, steps, b = plan.clients, plan.steps, plan.rows.shape[2]
-    last = len(model.widths) - 2                                    # index of the output layer
     start = theta.unsqueeze(0) if theta.dim() == 1 else theta
     params = [p.expand(n, *p.shape[1:]).clone() for p in model.unflatten(start)]
-    weight, bias = params[0::2], params[1::2]
     uniform = plan.full_batches
     if uniform is None:
         uniform = plan.mask.device.type == "cpu" and bool(plan.mask.all())
@@ -296,45 +295,11 @@ def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
         weights = (plan.mask / counts.clamp_min(1).unsqueeze(2)).unsqueeze(2)
         if all_active is None:
             all_active = tuple((counts > 0).all(dim=1).tolist())    # one host sync per plan
-    scale = -lr / b if uniform else -lr
-    step_rows = plan.rows.unbind(0)
-    ys = data_y.index_select(0, plan.rows.reshape(-1)).view(steps, n, 1, b).unbind(0)
+    ys = data_y.index_select(0, plan.rows.reshape(-1)).view(steps, n, 1, b)
     minus_one = torch.full((1, 1, 1), -1.0, dtype=theta.dtype, device=theta.device
                            ).expand(n, 1, b)
-    # views made once; the in-place updates show through them
-    weight_t = [w.transpose(1, 2) for w in weight]
-    bias_row = [v.unsqueeze(1) for v in bias]
-    out_bias = bias[last].unsqueeze(2)
-    for s in range(steps):
-        if not all_active[s]:
-            before = [p.clone() for p in params]
-        # each step's inputs gathered just before it: the working set stays in cache
-        h = data_x.index_select(0, step_rows[s].reshape(-1)).view(n, b, -1)
-        inputs = []
-        for i in range(last):
-            inputs.append(h)
-            h = torch.baddbmm(bias_row[i], h, weight_t[i]).relu_()
-        inputs.append(h)
-        # d(weighted CE)/d(logits)ᵀ = w · (softmax − onehot), as [n, classes, B]
-        z = torch.baddbmm(out_bias, weight[last], h.transpose(1, 2))
-        delta = z.sub_(z.amax(dim=1, keepdim=True)).exp_()
-        delta.div_(delta.sum(dim=1, keepdim=True)).scatter_add_(1, ys[s], minus_one)
-        if weights is not None:
-            delta.mul_(weights[s])
-        delta_t = delta.transpose(1, 2)                             # [n, B, classes]
-        for i in reversed(range(last + 1)):
-            # into the layer below through this layer's weights before their update; ReLU's
-            # backward zeroes it where the layer below's output was not positive
-            below = (threshold_backward(torch.bmm(delta_t, weight[i]), inputs[i], 0.0)
-                     if i else None)
-            bias[i].add_(delta_t.sum(dim=1), alpha=scale)
-            weight[i].baddbmm_(delta_t.transpose(1, 2), inputs[i], alpha=scale)
-            delta_t = below
-        if not all_active[s]:
-            assert counts is not None
-            active = counts[s] > 0
-            for p, old in zip(params, before):
-                p.copy_(torch.where(active.view(n, *[1] * (p.dim() - 1)), p, old))
+    run_sgd_steps(params, data_x, plan.rows, ys, minus_one, weights, counts, list(all_active),
+                  -lr / b if uniform else -lr)
     return torch.cat([p.reshape(n, -1) for p in params], dim=1).sub_(theta)
 
 
