@@ -3,6 +3,8 @@
     python benchmarks/bench_engine.py [--threads 1] [--repeats 5] [--profile]
     python benchmarks/bench_engine.py --tree before=/tmp/before --tree after=. [--rounds 3]
     python benchmarks/bench_engine.py --plans [--repeats 5]
+    python benchmarks/bench_engine.py --breakdown [--repeats 5]
+    python benchmarks/bench_engine.py --device cuda      # (a), (b), (d) on the GPU
 
 (a) local training of one round on the digits MLP [64] (5 steps, batch 32, lr 0.1) for
     20 and 100 clients: the vectorized path against the per-client reference path
@@ -26,6 +28,14 @@
     ``--rounds`` times: a before/after comparison on the same machine and load.
 (e) ``--plans``: one round's batch plan — the sort that picks each client's batch by topk,
     numpy's argsort and the packed sort, and the whole plan against its torch definition.
+
+(f) ``--breakdown``: where the reference cell's time goes, measured inside the cell: each
+    engine stage wrapped in a timer (about a microsecond per call), µs per round, and what
+    the local steps and the rest take against the GEMM floor measured in the same run.
+
+``--device cuda`` runs (a), (b) and (d) with the model, data and floor on the GPU (the cell
+with ``device: cuda``; every timing ends with ``torch.cuda.synchronize``); the batch plans are
+still drawn on the host, as in every cell.
 """
 
 from __future__ import annotations
@@ -57,13 +67,23 @@ from byzbench.engine.training import (
 from byzbench.models import BatchedMLP
 from byzbench.registry import DATASETS
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for the device's queued kernels, so a timing covers them."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
 
 def time_it(fn, repeats: int) -> float:
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -83,12 +103,11 @@ def bench_training(clients: int, repeats: int) -> tuple[float, float]:
     ds = DATASETS.get("digits")().load()
     model = BatchedMLP(64, [64], 10)
     gen = torch.Generator().manual_seed(0)
-    theta = model.init(gen)
-    plan = iid_client_plan(len(ds.y_train), clients, gen)
-    vec = time_it(lambda: train_vectorized(model, theta, ds.x_train, ds.y_train, plan, 0.1),
-                  repeats)
-    ref = time_it(lambda: train_reference(model, theta, ds.x_train, ds.y_train, plan, 0.1),
-                  repeats)
+    theta = model.init(gen).to(DEVICE)
+    plan = iid_client_plan(len(ds.y_train), clients, gen).to(DEVICE)
+    x, y = ds.x_train.to(DEVICE), ds.y_train.to(DEVICE)
+    vec = time_it(lambda: train_vectorized(model, theta, x, y, plan, 0.1), repeats)
+    ref = time_it(lambda: train_reference(model, theta, x, y, plan, 0.1), repeats)
     return vec, ref
 
 
@@ -100,6 +119,11 @@ REFERENCE_CELL = CellConfig(
     local={"steps": 5, "batch_size": 32, "lr": 0.1},
     defense=ComponentSpec(name="fedavg", params={}), attack=ComponentSpec(name="none"),
 )
+
+
+def reference_cell() -> CellConfig:
+    """The reference cell on this run's device."""
+    return REFERENCE_CELL.model_copy(update={"device": DEVICE.type})
 
 
 def bench_plans(repeats: int) -> None:
@@ -177,17 +201,17 @@ def gemm_floor(config: CellConfig) -> tuple[Callable[[], None], float]:
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=g)
+        return torch.rand(*shape, generator=g).to(DEVICE)
 
     fwd, bwd_w, bwd_x = [], [], []   # (args, out) of each product of one local step
     for i, (a, c) in enumerate(zip(widths[:-1], widths[1:])):
         fwd.append((rand(n, 1, c), rand(n, b, a), rand(n, c, a).transpose(1, 2),
-                    torch.empty(n, b, c)))
-        bwd_w.append((rand(n, c, b), rand(n, b, a), torch.empty(n, c, a)))
+                    torch.empty(n, b, c, device=DEVICE)))
+        bwd_w.append((rand(n, c, b), rand(n, b, a), torch.empty(n, c, a, device=DEVICE)))
         if i > 0:
-            bwd_x.append((rand(n, b, c), rand(n, c, a), torch.empty(n, b, a)))
+            bwd_x.append((rand(n, b, c), rand(n, c, a), torch.empty(n, b, a, device=DEVICE)))
     ev = [(rand(1, 1, c), rand(1, n_test, a), rand(1, c, a).transpose(1, 2),
-           torch.empty(1, n_test, c)) for a, c in zip(widths[:-1], widths[1:])]
+           torch.empty(1, n_test, c, device=DEVICE)) for a, c in zip(widths[:-1], widths[1:])]
     flops_step = sum(2 * n * b * a * c for a, c in zip(widths[:-1], widths[1:]))
     flops = (config.rounds * steps * (2 * flops_step + sum(
         2 * n * b * a * c for a, c in zip(widths[1:-1], widths[2:])))
@@ -204,8 +228,82 @@ def gemm_floor(config: CellConfig) -> tuple[Callable[[], None], float]:
         for _ in range(evals):
             for bias, x, w, out in ev:
                 torch.baddbmm(bias, x, w, out=out)
+        sync()
 
     return run, flops
+
+
+# (f): the stages timed inside the cell, nested as listed (a stage's time includes those below
+# it); (module, attribute path, label), each patched where the engine looks it up
+BREAKDOWN = [("byzbench.engine.simulation", "Simulation._train", "  local training"),
+             ("byzbench.engine.simulation", "plan_batches", "    batch plan"),
+             ("byzbench.engine.training", "run_sgd_steps", "    local steps"),
+             ("byzbench.defenses.fedavg", "FedAvg.__call__", "  defense (FedAvg)"),
+             ("byzbench.engine.simulation", "evaluate_sums", "  evaluation"),
+             ("byzbench.engine.simulation", "torch_generator", "seeded generators")]
+
+
+def breakdown(repeats: int) -> None:
+    """(f) each stage of :data:`BREAKDOWN` wrapped in a timer inside the running cell (so
+    it sees the caches as the cell leaves them, unlike a stage timed alone), per round;
+    the floor alternated with the cells."""
+    import importlib
+
+    totals: dict[str, float] = {}
+    originals = []
+    for module_name, path, label in BREAKDOWN:
+        module = importlib.import_module(module_name)
+        owner_name, _, attr = path.rpartition(".")
+        owner = getattr(module, owner_name) if owner_name else module
+        fn = getattr(owner, attr)
+        originals.append((owner, attr, fn))
+
+        def timed(*args, _fn=fn, _label=label, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                totals[_label] = totals.get(_label, 0.0) + time.perf_counter() - start
+
+        setattr(owner, attr, timed)
+    try:
+        config = reference_cell()
+        floor_fn, _ = gemm_floor(config)
+        run_cell(config)
+        floor_fn()
+        totals.clear()
+        floors, cells = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run_cell(config)
+            cells.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            floor_fn()
+            floors.append(time.perf_counter() - start)
+    finally:
+        for owner, attr, fn in originals:
+            setattr(owner, attr, fn)
+    rounds = repeats * config.rounds
+    floor = statistics.median(floors) / config.rounds
+    per = {label.strip(): totals.get(label, 0.0) / rounds for _, _, label in BREAKDOWN}
+    cell = sum(cells) / rounds
+    training = per["local training"]
+    rows = [("cell", cell),
+            ("  local training", training),
+            ("    batch plan", per["batch plan"]),
+            ("    local steps", per["local steps"]),
+            ("    the rest (parameter layout, labels, the plan's generator)",
+             training - per["batch plan"] - per["local steps"]),
+            ("  defense (FedAvg)", per["defense (FedAvg)"]),
+            ("  evaluation", per["evaluation"]),
+            ("  the rest (the round's other generators, bookkeeping, set-up, summary)",
+             cell - training - per["defense (FedAvg)"] - per["evaluation"]),
+            ("all but the local steps", cell - per["local steps"]),
+            ("seeded generators, all (inside the rows above)", per["seeded generators"])]
+    print(f"(f) the reference cell, stage by stage inside the cell, µs per round (mean of "
+          f"{repeats} cells; GEMM floor {floor * 1e6:.0f} µs per round, median)")
+    for label, t in rows:
+        print(f"    {label:<72} {t * 1e6:6.0f}  {t / floor:5.2f}× floor")
 
 
 STAGES = [("local training", "training.py", "train_chunked"),
@@ -242,12 +340,13 @@ def profile_cell(config: CellConfig, repeats: int) -> None:
 def cell_vs_floor(repeats: int) -> dict[str, float]:
     """(d): the reference cell and its GEMM floor alternated ``repeats`` times; medians of
     wall time and of this process's CPU time (steadier on a loaded machine)."""
-    floor_fn, flops = gemm_floor(REFERENCE_CELL)
+    config = reference_cell()
+    floor_fn, flops = gemm_floor(config)
     floor_fn()
-    run_cell(REFERENCE_CELL)
+    run_cell(config)
     times: dict[str, list[float]] = {"cell": [], "floor": [], "cell_cpu": [], "floor_cpu": []}
     for _ in range(repeats):  # alternated, so both see the same load
-        for name, fn in (("cell", lambda: run_cell(REFERENCE_CELL)), ("floor", floor_fn)):
+        for name, fn in (("cell", lambda: run_cell(config)), ("floor", floor_fn)):
             start, cpu = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -274,7 +373,8 @@ def compare_trees(trees: list[str], rounds: int, repeats: int, threads: int) -> 
             name, path = tree.split("=", 1)
             env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
             proc = subprocess.run([sys.executable, __file__, "--floor-only", "--repeats",
-                                   str(repeats), "--threads", str(threads)], env=env,
+                                   str(repeats), "--threads", str(threads),
+                                   "--device", DEVICE.type], env=env,
                                   capture_output=True, text=True, check=True)
             line = next(x for x in proc.stdout.splitlines() if x.startswith("CELL_FLOOR "))
             results.setdefault(name, []).append(json.loads(line.split(" ", 1)[1]))
@@ -294,9 +394,15 @@ def main() -> None:
                         help="only (d), for each byzbench checkout given, alternated")
     parser.add_argument("--rounds", type=int, default=3, help="alternations for --tree")
     parser.add_argument("--plans", action="store_true", help="only (e), the batch plan")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only (f), the cell's time stage by stage")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where (a), (b) and (d) run")
     parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.floor_only:
         print("CELL_FLOOR " + json.dumps(cell_vs_floor(args.repeats)))
         return
@@ -306,16 +412,21 @@ def main() -> None:
     if args.plans:
         bench_plans(args.repeats)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")
+    if args.breakdown:
+        breakdown(args.repeats)
+        return
+    where = (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {where}\n")
 
+    config = reference_cell()
     rss_before = rss_mib()
     start = time.perf_counter()
-    first = run_cell(REFERENCE_CELL)
+    first = run_cell(config)
     cold = time.perf_counter() - start
     warm = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        result = run_cell(REFERENCE_CELL)
+        result = run_cell(config)
         warm.append(time.perf_counter() - start)
     peak = peak_rss_mib()
 
@@ -337,7 +448,7 @@ def main() -> None:
           f"medians of {args.repeats}:")
     print_cell_vs_floor("", m, args.repeats)
     if args.profile:
-        profile_cell(REFERENCE_CELL, args.repeats)
+        profile_cell(config, args.repeats)
     print(f"\n(c) peak RSS of the process: {peak:.0f} MiB (RSS before the cell, after "
           f"imports: {rss_before:.0f} MiB)")
 
