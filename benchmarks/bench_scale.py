@@ -1,7 +1,7 @@
 """Scale: one cell at 10, 100 and 1,000 clients, and the grid-level speedup of --workers 2.
 
     python benchmarks/bench_scale.py [--threads 1] [--repeats 3] [--seeds 24] [--skip-grid]
-                                      [--skip-sizes]
+                                      [--skip-sizes] [--device cuda]
 
 (a) One cell per federation size — synthetic data (10 classes, 20 features, 50 training
     samples per client), mlp [64], FedAvg, no attack, 10 rounds of 5 local steps (batch 32,
@@ -12,6 +12,8 @@
     clients trained per round when that per-client time does not grow. Also 1,000 clients
     with client_chunk = 100 (bounded training memory, same numbers) and with 100 clients
     sampled per round (time follows the clients per round, not the federation).
+    ``--device cuda`` runs these cells with ``device: cuda`` (peak RSS is then the host's
+    only; the GPU's peak allocation is printed beside it).
 (b) Grid speedup of ``byzbench run --workers 2`` over ``--workers 1`` (each ``--force``,
     separate results directories, in fresh processes, alternated ``--repeats`` times; the
     median is reported) on configs/quick.yaml and on a copy of it with ``--seeds`` seeds
@@ -48,7 +50,7 @@ PER_CLIENT = 50
 
 # ----------------------------------------------------------------------------- (a) one cell
 
-def cell_config(clients: int, chunk: int | None, per_round: int | None):
+def cell_config(clients: int, chunk: int | None, per_round: int | None, device: str = "cpu"):
     from byzbench.config import CellConfig, ComponentSpec
 
     return CellConfig(
@@ -58,10 +60,11 @@ def cell_config(clients: int, chunk: int | None, per_round: int | None):
         clients=clients, clients_per_round=per_round, rounds=ROUNDS, eval_every=5,
         local={"steps": 5, "batch_size": 32, "lr": 0.1},
         defense=ComponentSpec(name="fedavg"), attack=ComponentSpec(name="none"),
-        device="cpu", client_chunk=chunk)
+        device=device, client_chunk=chunk)
 
 
-def one_cell(clients: int, chunk: int | None, per_round: int | None, threads: int) -> dict:
+def one_cell(clients: int, chunk: int | None, per_round: int | None, threads: int,
+             device: str = "cpu") -> dict:
     """Run in a fresh subprocess: one cell, timed, with this process's memory."""
     import torch
 
@@ -69,7 +72,9 @@ def one_cell(clients: int, chunk: int | None, per_round: int | None, threads: in
     from byzbench.registry import DATASETS
 
     torch.set_num_threads(threads)
-    config = cell_config(clients, chunk, per_round)
+    config = cell_config(clients, chunk, per_round, device)
+    if device == "cuda":  # the context's start-up is not the cell's
+        torch.zeros(1, device=device).sum().item()
     start = time.perf_counter()
     build(DATASETS, config.dataset).load()  # generated once, cached in the process
     data_s = time.perf_counter() - start
@@ -79,26 +84,31 @@ def one_cell(clients: int, chunk: int | None, per_round: int | None, threads: in
     wall = time.perf_counter() - start
     peak = peak_rss_mib()
     assert result.status == "done", result.error
+    gpu_peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else None
     return {"clients": clients, "per_round": config.participants, "chunk": chunk,
+            "gpu_peak_mib": gpu_peak,
             "wall_s": wall, "data_s": data_s, "rss_before_mib": before, "peak_mib": peak,
             "d": result.summary["d"], "accuracy": result.summary["accuracy"]}
 
 
-def run_sizes(threads: int) -> None:
+def run_sizes(threads: int, device: str = "cpu") -> None:
     print(f"(a) one cell: synthetic (10 classes, 20 features, {PER_CLIENT} samples/client), "
           f"mlp [64], FedAvg, {ROUNDS} rounds × 5 local steps (batch 32); torch threads "
-          f"{threads}; one fresh process per row")
+          f"{threads}; device {device}; one fresh process per row")
     print(f"{'clients':>8} {'per round':>9} {'chunk':>6} {'cell s':>8} {'µs/client·round':>16} "
           f"{'vs 10':>6} {'peak MiB':>9} {'RSS before':>11} {'accuracy':>9}")
     rows = []
     runs = [(n, None, None) for n in SIZES] + [(1000, 100, None), (1000, None, 100)]
     for clients, chunk, per_round in runs:
-        cmd = [sys.executable, __file__, "--cell", str(clients), "--threads", str(threads)]
+        cmd = [sys.executable, __file__, "--cell", str(clients), "--threads", str(threads),
+               "--device", device]
         if chunk:
             cmd += ["--chunk", str(chunk)]
         if per_round:
             cmd += ["--per-round", str(per_round)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if out.returncode:
+            sys.exit(f"cell of {clients} clients failed:\n{out.stderr}")
         row = json.loads(out.stdout.strip().splitlines()[-1])
         per_client = row["wall_s"] / (row["per_round"] * ROUNDS)
         row["per_client_s"] = per_client
@@ -107,7 +117,8 @@ def run_sizes(threads: int) -> None:
         print(f"{row['clients']:>8,} {row['per_round']:>9,} {str(chunk or '-'):>6} "
               f"{row['wall_s']:>8.2f} {per_client * 1e6:>16.1f} {per_client / base:>5.2f}× "
               f"{row['peak_mib']:>9.0f} {row['rss_before_mib']:>11.0f} "
-              f"{row['accuracy']:>9.3f}")
+              f"{row['accuracy']:>9.3f}"
+              + (f"  GPU peak {row['gpu_peak_mib']:.0f} MiB" if row["gpu_peak_mib"] else ""))
     full = {r["clients"]: r for r in rows if r["chunk"] is None and r["per_round"] == r["clients"]}
     growth = full[1000]["wall_s"] / full[10]["wall_s"]
     worst = max(r["per_client_s"] for r in full.values()) / full[10]["per_client_s"]
@@ -179,12 +190,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=24)
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--skip-sizes", action="store_true", help="only (b)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the cells of (a) run")
     parser.add_argument("--cell", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--per-round", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
-        print(json.dumps(one_cell(args.cell, args.chunk, args.per_round, args.threads)))
+        print(json.dumps(one_cell(args.cell, args.chunk, args.per_round, args.threads,
+                                  args.device)))
         return
     import torch
 
@@ -192,7 +206,7 @@ def main() -> None:
           f"{torch.cuda.is_available()}; load average at start "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     if not args.skip_sizes:
-        run_sizes(args.threads)
+        run_sizes(args.threads, args.device)
     if not args.skip_grid:
         with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
             run_grids(args.seeds, args.repeats, Path(tmp))

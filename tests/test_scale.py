@@ -9,6 +9,7 @@ from byzbench.config import CellConfig, ComponentSpec, grid_from_dict
 from byzbench.engine.simulation import Simulation, run_cell
 from byzbench.engine.training import plan_batches, train_chunked, train_vectorized
 from byzbench.models import BatchedMLP
+from byzbench.registry import ATTACKS, DEFENSES
 from byzbench.seeding import torch_generator
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -136,3 +137,37 @@ def test_cuda_training_does_not_wait_on_the_device():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert updates.device.type == "cuda" and updates.shape == (12, sim.model.dim)
+
+
+def _cpu_and_cuda(**kw) -> tuple:
+    """One small attacked cell run on the CPU and on the GPU, with the same seed."""
+    config = synthetic_cell(clients=15, rounds=2, malicious_fraction=0.2, **kw)
+    return run_cell(config), run_cell(config.model_copy(update={"device": "cuda"}))
+
+
+def _same_rounds(cpu, gpu) -> None:
+    assert cpu.status == gpu.status == "done", (cpu.error, gpu.error)
+    assert gpu.summary["device"] == "cuda"
+    for a, b in zip(cpu.rounds, gpu.rounds):
+        # who was flagged is a discrete decision: the devices must agree on it exactly
+        assert [a[k] for k in ("tp", "fp", "fn", "tn")] == [b[k] for k in ("tp", "fp", "fn", "tn")]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+@CUDA
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_every_defense_runs_on_cuda_as_on_cpu(name):
+    """Each defense, on updates living on the GPU, flags the same clients and gives the same
+    model as on the CPU (scikit-learn clustering and ECDSA included: their host round trip)."""
+    params = {"layers": ["norm_clip", "median"]} if name == "pipeline" else {}
+    _same_rounds(*_cpu_and_cuda(attack=ComponentSpec(name="sign_flip"),
+                                defense=ComponentSpec(name=name, params=params)))
+
+
+@CUDA
+@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if ATTACKS.get(n).aware])
+@pytest.mark.parametrize("defense", ["trimmed_mean", "multikrum"])
+def test_defense_aware_attacks_run_on_cuda_as_on_cpu(name, defense):
+    """The attacks that query the defense (its oracle on GPU rows) search the same way."""
+    _same_rounds(*_cpu_and_cuda(attack=ComponentSpec(name=name),
+                                defense=ComponentSpec(name=defense)))
