@@ -143,6 +143,21 @@ def test_compiled_sgd_steps_are_bitwise_the_python_steps(hidden, mode):
     assert torch.equal(runs[0], runs[1])
 
 
+def test_an_integer_learning_rate_trains_as_its_float():
+    """The compiled steps take a float scale: an int lr (the Python API allows one) is
+    converted, on uneven clients (scale −lr) as on full batches (−lr/B)."""
+    gen = torch.Generator().manual_seed(11)
+    model = BatchedMLP(64, [32], 10)
+    x = torch.randn(300, 64, generator=gen)
+    y = torch.randint(0, 10, (300,), generator=gen)
+    theta = model.init(gen)
+    for sizes in ([30, 50, 9], [80, 90, 100]):
+        plan = plan_batches(*_clients(sizes, 300, gen), 16, 3, None, gen)
+        a = train_vectorized(model, theta, x, y, plan, 1)
+        assert a.abs().max() > 1e-3
+        assert torch.equal(a, train_vectorized(model, theta, x, y, plan, 1.0))
+
+
 def test_training_runs_as_python_where_torchscript_cannot_compile(monkeypatch):
     """A torch without TorchScript: the same function runs uncompiled, same updates."""
     gen = torch.Generator().manual_seed(10)

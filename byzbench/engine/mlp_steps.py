@@ -105,6 +105,9 @@ def compiled_sgd_steps() -> Callable[..., None]:
 def run_sgd_steps(params: list[Tensor], data_x: Tensor, rows: Tensor, ys: Tensor,
                   minus_one: Tensor, weights: Optional[Tensor], counts: Optional[Tensor],  # noqa: UP045
                   all_active: list[bool], scale: float) -> None:
-    """:func:`sgd_steps`, compiled on the CPU, as Python elsewhere."""
+    """:func:`sgd_steps`, compiled on the CPU, as Python elsewhere (``scale`` and
+    ``all_active`` as the compiled function's types: an integer learning rate or numpy
+    booleans are fine)."""
     steps = compiled_sgd_steps() if data_x.device.type == "cpu" else sgd_steps
-    steps(params, data_x, rows, ys, minus_one, weights, counts, all_active, scale)
+    steps(params, data_x, rows, ys, minus_one, weights, counts,
+          [bool(a) for a in all_active], float(scale))
