@@ -27,7 +27,7 @@ from torch import Tensor
 
 
 def sgd_steps(params: list[Tensor], data_x: Tensor, rows: Tensor, ys: Tensor,
-              minus_one: Tensor, weights: Optional[Tensor], counts: Optional[Tensor],  # noqa: UP045 (TorchScript)
+              minus_one: Tensor, weights: Optional[Tensor], counts: Optional[Tensor],  # noqa: UP045 (TorchScript needs Optional)
               all_active: list[bool], scale: float) -> None:
     """Plain SGD on every client's MLP in place: ``params`` = [W₀, b₀, W₁, b₁, …] batched
     over clients ([n, out, in] and [n, out]); step s trains on inputs
@@ -85,7 +85,7 @@ def sgd_steps(params: list[Tensor], data_x: Tensor, rows: Tensor, ys: Tensor,
                 p.copy_(torch.where(active.view([n] + [1] * (p.dim() - 1)), p, before[k]))
 
 
-_COMPILED: Optional[Callable[..., None]] = None  # noqa: UP045
+_COMPILED: Callable[..., None] | None = None
 
 
 def compiled_sgd_steps() -> Callable[..., None]:
@@ -103,7 +103,7 @@ def compiled_sgd_steps() -> Callable[..., None]:
 
 
 def run_sgd_steps(params: list[Tensor], data_x: Tensor, rows: Tensor, ys: Tensor,
-                  minus_one: Tensor, weights: Optional[Tensor], counts: Optional[Tensor],  # noqa: UP045
+                  minus_one: Tensor, weights: Tensor | None, counts: Tensor | None,
                   all_active: list[bool], scale: float) -> None:
     """:func:`sgd_steps`, compiled on the CPU, as Python elsewhere (``scale`` and
     ``all_active`` as the compiled function's types: an integer learning rate or numpy
