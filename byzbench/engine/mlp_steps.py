@@ -3,10 +3,11 @@
 At the engine's shapes (a few dozen clients, batches of 32, layers of 64) each local step is
 some 16 small torch operators, and Python's dispatch between them costs about as much as
 the non-matrix arithmetic itself: ``benchmarks/bench_fusion.py`` measures one round of the
-reference cell at 1.26× its matrix-product floor as Python and 1.10× compiled by
+reference cell at 1.28× its matrix-product floor as Python and 1.13× compiled by
 TorchScript, with bitwise-identical updates (the same ATen operators in the same order;
-TorchScript's CPU fuser is off by default, so nothing is merged). ``torch.compile`` was
-slower than both at these shapes (same benchmark) and rounds differently.
+TorchScript's CPU fuser is off by default, so nothing is merged). ``torch.compile`` of the
+same function was slower than TorchScript at these shapes (1.19×, same benchmark) and
+rounds differently.
 
 TorchScript is deprecated (torch 2.13 warns so): :func:`sgd_steps` is plain Python that
 TorchScript compiles, and when compiling fails — a torch without TorchScript — the same
@@ -19,7 +20,7 @@ the annotations as written.)
 """
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
@@ -104,7 +105,7 @@ def compiled_sgd_steps() -> Callable[..., None]:
 
 def run_sgd_steps(params: list[Tensor], data_x: Tensor, rows: Tensor, ys: Tensor,
                   minus_one: Tensor, weights: Tensor | None, counts: Tensor | None,
-                  all_active: list[bool], scale: float) -> None:
+                  all_active: Sequence[bool], scale: float) -> None:
     """:func:`sgd_steps`, compiled on the CPU, as Python elsewhere (``scale`` and
     ``all_active`` as the compiled function's types: an integer learning rate or numpy
     booleans are fine)."""
