@@ -272,21 +272,14 @@ def breakdown(repeats: int) -> None:
         run_cell(config)
         floor_fn()
         totals.clear()
-        floors, cells = [], []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run_cell(config)
-            cells.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            floor_fn()
-            floors.append(time.perf_counter() - start)
+        times = alternate(config, floor_fn, repeats)
     finally:
         for owner, attr, fn in originals:
             setattr(owner, attr, fn)
     rounds = repeats * config.rounds
-    floor = statistics.median(floors) / config.rounds
+    floor = statistics.median(times["floor"]) / config.rounds
     per = {label.strip(): totals.get(label, 0.0) / rounds for _, _, label in BREAKDOWN}
-    cell = sum(cells) / rounds
+    cell = sum(times["cell"]) / rounds
     training = per["local training"]
     rows = [("cell", cell),
             ("  local training", training),
@@ -337,6 +330,21 @@ def profile_cell(config: CellConfig, repeats: int) -> None:
     print(f"    torch operators called per cell (top level, torch.profiler): {len(top):,}")
 
 
+def alternate(config: CellConfig, floor_fn: Callable[[], None], repeats: int
+              ) -> dict[str, list[float]]:
+    """The cell of ``config`` and its GEMM floor alternated ``repeats`` times, so both see
+    the same load: each run's wall seconds ("cell", "floor") and this process's CPU seconds
+    ("cell_cpu", "floor_cpu")."""
+    times: dict[str, list[float]] = {"cell": [], "floor": [], "cell_cpu": [], "floor_cpu": []}
+    for _ in range(repeats):
+        for name, fn in (("cell", lambda: run_cell(config)), ("floor", floor_fn)):
+            start, cpu = time.perf_counter(), time.process_time()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            times[name + "_cpu"].append(time.process_time() - cpu)
+    return times
+
+
 def cell_vs_floor(repeats: int) -> dict[str, float]:
     """(d): the reference cell and its GEMM floor alternated ``repeats`` times; medians of
     wall time and of this process's CPU time (steadier on a loaded machine)."""
@@ -344,14 +352,7 @@ def cell_vs_floor(repeats: int) -> dict[str, float]:
     floor_fn, flops = gemm_floor(config)
     floor_fn()
     run_cell(config)
-    times: dict[str, list[float]] = {"cell": [], "floor": [], "cell_cpu": [], "floor_cpu": []}
-    for _ in range(repeats):  # alternated, so both see the same load
-        for name, fn in (("cell", lambda: run_cell(config)), ("floor", floor_fn)):
-            start, cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[name].append(time.perf_counter() - start)
-            times[name + "_cpu"].append(time.process_time() - cpu)
-    out = {k: statistics.median(v) for k, v in times.items()}
+    out = {k: statistics.median(v) for k, v in alternate(config, floor_fn, repeats).items()}
     out["flops"] = flops
     return out
 
