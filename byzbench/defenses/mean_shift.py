@@ -288,8 +288,6 @@ def _kd_within(q: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
     return within
 
 
-
-
 def _sq_norms(a: np.ndarray) -> np.ndarray:
     """[n] squared row norms as BLAS ``ddot`` gives them (scikit-learn's
     ``_sqeuclidean_row_norms``): the diagonal of ``a aᵀ`` from ``dgemm``, the same

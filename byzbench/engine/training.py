@@ -298,7 +298,7 @@ def _train_mlp_sgd(model: BatchedMLP, theta: torch.Tensor, data_x: torch.Tensor,
     ys = data_y.index_select(0, plan.rows.reshape(-1)).view(steps, n, 1, b)
     minus_one = torch.full((1, 1, 1), -1.0, dtype=theta.dtype, device=theta.device
                            ).expand(n, 1, b)
-    run_sgd_steps(params, data_x, plan.rows, ys, minus_one, weights, counts, list(all_active),
+    run_sgd_steps(params, data_x, plan.rows, ys, minus_one, weights, counts, all_active,
                   -lr / b if uniform else -lr)
     return torch.cat([p.reshape(n, -1) for p in params], dim=1).sub_(theta)
 
