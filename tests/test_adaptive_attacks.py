@@ -365,3 +365,96 @@ def test_threat_levels_follow_fangs_three_levels():
     assert make("alie_opt", knowledge="partial").threat_level == "partial"
     assert make("alie", knowledge="full").threat_level == "agnostic"  # the rule unknown
     assert make("sign_flip").threat_level == "agnostic"
+
+
+# ------------------------------------------------------------- the oracle and signatures
+
+
+class CountingKeyring:
+    """Counts the engine's calls into the signing and verifying layers."""
+
+    def __init__(self, monkeypatch) -> None:
+        from byzbench.crypto import ClientKeyring, PublicKeyRegistry
+
+        self.signed = self.verified = 0
+        sign, verify = ClientKeyring.sign_round, PublicKeyRegistry.verify_round
+
+        def counting_sign(keyring, *args, **kwargs):
+            self.signed += 1
+            return sign(keyring, *args, **kwargs)
+
+        def counting_verify(registry, *args, **kwargs):
+            self.verified += 1
+            return verify(registry, *args, **kwargs)
+
+        monkeypatch.setattr(ClientKeyring, "sign_round", counting_sign)
+        monkeypatch.setattr(PublicKeyRegistry, "verify_round", counting_verify)
+
+
+@pytest.mark.parametrize("defense", ["signguard", "ecdsa+multikrum",
+                                     "ecdsa+norm_clip+reputation"])
+@pytest.mark.parametrize("attack", ["fang_krum", "alie_opt"])
+def test_the_oracle_skips_signatures_and_changes_no_number(monkeypatch, attack, defense):
+    """Oracle rows are their own clients', signed for the round, so every signature check of
+    a preview passes: marking them ``authentic`` (no signing, no verifying) must give the
+    very rounds that signing and verifying them gives."""
+    from byzbench.defenses.signature import Ecdsa
+
+    cell = grid_from_dict({"name": "o", "base": {
+        **TINY_BASE, "clients": 10, "malicious_fraction": 0.2, "rounds": 3,
+        "attack": attack, "defense": defense}}).cells[0]
+    counts = CountingKeyring(monkeypatch)
+    skipping = run_cell(cell.config)
+    assert skipping.status == "done", skipping.error
+    # the real rounds alone sign and verify: one round each
+    assert (counts.signed, counts.verified) == (3, 3)
+    monkeypatch.setattr(Ecdsa, "trusts_authentic", False)
+    counts.signed = counts.verified = 0
+    signing = run_cell(cell.config)
+    assert counts.signed > 3 and counts.verified > 3   # the oracle signed and verified
+    for a, b in zip(skipping.rounds, signing.rounds):
+        for key in ("accuracy", "loss", "tp", "fp", "fn", "tn", "diagnostics"):
+            assert a.get(key) == b.get(key), (key, a.get(key), b.get(key))
+
+
+def test_an_authentic_context_accepts_every_row_without_messages():
+    from byzbench.crypto import ClientKeyring
+    from byzbench.defenses.base import DefenseSetup, RoundContext
+    from byzbench.defenses.signature import Ecdsa
+
+    defense = Ecdsa()
+    keyring = ClientKeyring(range(4), "ecdsa-p256")
+    defense.setup(DefenseSetup(num_clients=4, clients_per_round=4, f=1, dim=3, seed=0,
+                               device=torch.device("cpu"),
+                               public_keys=keyring.public_registry()))
+    rows = torch.arange(12, dtype=torch.float32).view(4, 3)
+    ctx = RoundContext(round=0, client_ids=torch.arange(4), num_samples=torch.ones(4), f=1,
+                       generator=torch.Generator(), global_params=torch.zeros(3),
+                       nonce=b"n" * 16)
+    with pytest.raises(RuntimeError, match="signed messages"):
+        defense(rows, ctx)   # a real round without messages is an error, never a pass
+    from dataclasses import replace
+    verdict = defense(rows, replace(ctx, authentic=True))
+    assert not verdict.flagged.any()
+    assert torch.allclose(verdict.aggregate, rows.mean(dim=0))
+
+
+def test_a_plugin_signature_check_gets_signed_oracle_rows(monkeypatch):
+    """A defense that verifies signatures without declaring ``trusts_authentic`` (a plugin's
+    check) still gets every oracle row signed as the clients would sign it."""
+    from byzbench.defenses.signature import Ecdsa
+
+    monkeypatch.setattr(Ecdsa, "trusts_authentic", False)
+    seen: list[bool] = []
+    aggregate = Ecdsa.aggregate
+
+    def recording(self, updates, ctx):
+        seen.append(ctx.messages is not None and not ctx.authentic)
+        return aggregate(self, updates, ctx)
+
+    monkeypatch.setattr(Ecdsa, "aggregate", recording)
+    cell = grid_from_dict({"name": "o", "base": {
+        **TINY_BASE, "clients": 10, "malicious_fraction": 0.2, "rounds": 2,
+        "attack": "alie_opt", "defense": "ecdsa"}}).cells[0]
+    assert run_cell(cell.config).status == "done"
+    assert len(seen) > 2 and all(seen)

@@ -149,6 +149,8 @@ class RoundContext:
     weights: torch.Tensor | None = None  # [n] incoming weights (None: the defense's initial)
     dropped: int = 0               # rows of the round removed before these (non-finite, or
                                    # rejected by earlier pipeline layers)
+    authentic: bool = False        # every row is its own client's, signed for this round and
+                                   # nonce (an oracle's hypothetical round; ``messages`` None)
 
     def restrict(self, index: torch.Tensor, f: int | None = None,
                  dropped: int | None = None) -> RoundContext:
@@ -181,7 +183,10 @@ class Defense(Component):
     changes the instance: :meth:`preview` may then run on it directly), ``sees_nonfinite``
     (the rule wants every row as sent), ``mixes_rows`` (a layer whose ``passed`` rows are
     groups of clients), ``secure_view`` (what it needs under secure aggregation, see
-    :data:`SecureView`; all but ``plaintext`` implement :meth:`secure_aggregate`).
+    :data:`SecureView`; all but ``plaintext`` implement :meth:`secure_aggregate`),
+    ``trusts_authentic`` (its signature checks accept a context marked ``authentic``
+    without messages, as every check of such rows would pass: the oracle of defense-aware
+    attacks then signs nothing).
     """
 
     Params: ClassVar[type[DefenseParams]] = DefenseParams
@@ -193,6 +198,7 @@ class Defense(Component):
     sees_nonfinite: ClassVar[bool] = False
     mixes_rows: ClassVar[bool] = False
     secure_view: ClassVar[SecureView] = "plaintext"
+    trusts_authentic: ClassVar[bool] = False
     cell: DefenseSetup | None = None
 
     def secure_requirement(self) -> str | None:

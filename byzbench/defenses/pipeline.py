@@ -128,6 +128,8 @@ class Composite(Defense):
         self.privacy = Privacy.union((layer.name, layer.privacy) for layer in self.layers)
         self.stateless = all(layer.stateless for layer in self.layers)
         self.sees_nonfinite = self.layers[0].sees_nonfinite
+        self.trusts_authentic = all(layer.trusts_authentic for layer in self.layers
+                                    if layer.needs_signatures)
         if self.secure_requirement() is not None:  # e.g. fedavg before geomed
             self.privacy = replace(self.privacy, needs_plaintext_updates=True)
         self.secure_view = ("plaintext" if self.secure_requirement() is not None else

@@ -423,9 +423,12 @@ class Simulation:
         update matrix (what defense-aware attacks query). It runs the defense's
         :meth:`~byzbench.defenses.base.Defense.preview` on the round's context with a
         stream of its own (the attacker knows the rule and its state, not the server's coin
-        flips); when the defense verifies signatures, the rows are signed as the clients
-        would sign them (malicious clients sign their own poisoned updates); under central DP
-        the rows are clipped as the server clips them."""
+        flips); when the defense verifies signatures, every row is its own client's, signed
+        for this round (malicious clients sign their own poisoned updates), so every check
+        passes: a defense that ``trusts_authentic`` (the built-in signature layer) gets the
+        rows marked ``authentic`` and computes no signature, any other gets them signed as
+        the clients would sign them; under central DP the rows are clipped as the server
+        clips them."""
         keyring, defense, seed = self.keyring, self.defense, self.seed
         dp = self.dp
         secagg = self.config.privacy.secagg
@@ -447,7 +450,9 @@ class Simulation:
             ctx = replace(rctx, generator=torch_generator(seed, "oracle", rctx.round))
             if dp is not None and dp.mode == "central":
                 rows = clip_rows(rows, dp.clip)  # as the server clips what it receives
-            if keyring is not None:
+            if keyring is not None and defense.trusts_authentic:
+                ctx = replace(ctx, authentic=True)
+            elif keyring is not None:
                 ctx = replace(ctx, messages=keyring.sign_round(clients.tolist(), rctx.round,
                                                                rctx.nonce, rows)[0])
             return defense.preview(rows, ctx)
