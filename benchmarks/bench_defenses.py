@@ -23,6 +23,7 @@ n = 100, d = 10⁶ with the aggregates equal to 1e-5.
     python benchmarks/bench_defenses.py --clustering    # sign_statistics' clustering per round
     python benchmarks/bench_defenses.py --meanshift     # MeanShift: scikit-learn vs ours
     python benchmarks/bench_defenses.py --kmeans        # KMeans: scikit-learn vs ours
+    python benchmarks/bench_defenses.py --kernels       # small kernels vs what they replaced
 
 ``--meanshift`` times scikit-learn's ``MeanShift(bin_seeding=True).fit_predict`` against
 :func:`byzbench.defenses.mean_shift.mean_shift_labels` on the sign features of random
@@ -406,6 +407,73 @@ def run_kmeans(sizes: list[str], reps: int) -> None:
               flush=True)
 
 
+def signguard_after(rounds: int, n: int, d: int):
+    """A SignGuard instance with ``rounds`` rounds of reputation behind it (its state)."""
+    from byzbench.crypto import ClientKeyring
+    from byzbench.defenses.base import DefenseSetup, RoundContext
+    from byzbench.defenses.signguard import SignGuard
+
+    defense = SignGuard()
+    keyring = ClientKeyring(range(n), "ecdsa-p256")
+    defense.setup(DefenseSetup(num_clients=n, clients_per_round=n, f=n // 5, dim=d, seed=0,
+                               device=torch.device("cpu"),
+                               public_keys=keyring.public_registry()))
+    for r in range(rounds):
+        x = make_round(n, d, n // 5, seed=r)
+        nonce = bytes(16)
+        messages = keyring.sign_round(list(range(n)), r, nonce, x)[0]
+        defense(x, RoundContext(round=r, client_ids=torch.arange(n),
+                                num_samples=torch.ones(n), f=n // 5,
+                                generator=torch.Generator().manual_seed(r),
+                                global_params=torch.zeros(d), messages=messages,
+                                nonce=nonce))
+    return defense
+
+
+def run_kernels(sizes: list[str], reps: int) -> None:
+    """Small kernels of the defenses' round (and of every oracle call), each against what it
+    replaced, interleaved, one torch thread: the row max-abs (``row_scale``, behind every
+    overflow-safe cosine) by ``vector_norm(ord=inf)`` vs ``abs().amax``; a stateful
+    pipeline's scratch copy (what each oracle call of a defense-aware attack makes) as a
+    deep copy of the whole SignGuard vs copies of its stateful layers only; and clipped
+    clustering's norm history (30 rounds) deep-copied as a list of per-round tensors vs
+    one array."""
+    import copy
+
+    import numpy as np
+
+    from byzbench.defenses.base import Defense
+
+    print(f"{'kernel':<44}{'cell':>10}{'before µs':>11}{'now µs':>9}{'ratio':>8}  same")
+    for size in sizes:
+        n, d = (int(v) for v in size.lower().split("x"))
+        x = make_round(n, d, n // 5)
+        sg = signguard_after(30, n, d)
+        history = [torch.rand(n, dtype=torch.float64) for _ in range(30)]
+        kernels = [
+            ("row max-abs: vector_norm(inf) → abs().amax",
+             lambda x=x: torch.linalg.vector_norm(x, ord=float("inf"), dim=1),
+             lambda x=x: x.abs().amax(dim=1), torch.equal),
+            ("signguard scratch copy: deep → layers",
+             lambda sg=sg: Defense._scratch_copy(sg), sg._scratch_copy,
+             lambda a, b: torch.equal(a.layers[2].table.values, b.layers[2].table.values)),
+            ("norm history copy: 30 tensors → 1 array",
+             lambda h=history: copy.deepcopy(h),
+             lambda a=torch.cat(history).numpy(): copy.deepcopy(a),
+             lambda a, b: np.array_equal(torch.cat(a).numpy(), b)),
+        ]
+        for label, before, now, same in kernels:
+            t_before: list[float] = []
+            t_now: list[float] = []
+            got: dict[str, object] = {}
+            for r in range(reps):
+                got = run_alternately([("before", before, t_before), ("now", now, t_now)], r)
+            med_b, med_n = statistics.median(t_before), statistics.median(t_now)
+            print(f"{label:<44}{size:>10}{med_b * 1e6:>11.1f}{med_n * 1e6:>9.1f}"
+                  f"{med_b / med_n:>7.1f}x  {bool(same(got['before'], got['now']))}",
+                  flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="defense names (default: every registered one)")
@@ -427,6 +495,9 @@ def main() -> None:
     ap.add_argument("--kmeans", action="store_true",
                     help="scikit-learn's KMeans vs kmeans_labels on exact coordinates, one "
                          "torch thread (sizes default to 20x4810 100x79510)")
+    ap.add_argument("--kernels", action="store_true",
+                    help="small kernels of every round and oracle call vs what they replaced, "
+                         "one torch thread (sizes default to 20x4810 100x79510)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per "
                                                  "core); engine cells default to one")
     args = ap.parse_args()
@@ -435,6 +506,7 @@ def main() -> None:
     # the clustering modes: (chosen, runner, one torch thread unless --threads says otherwise)
     for chosen, runner, one_thread in ((args.meanshift, run_meanshift, True),
                                        (args.kmeans, run_kmeans, True),
+                                       (args.kernels, run_kernels, True),
                                        (args.clustering, run_clustering, False)):
         if not chosen:
             continue

@@ -222,3 +222,35 @@ def test_closest_to_median_restores_torch_threads() -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_scale_is_the_inf_norm_with_zero_rows_at_one(dtype) -> None:
+    """row_scale (abs().amax) against its definition, vector_norm(ord=inf): bitwise, with
+    huge, tiny, zero, negative and non-finite rows."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 257, generator=g).to(dtype)
+    x[1] *= 1e30 if dtype == torch.float32 else 1e300
+    x[2] *= 1e-30
+    x[3] = 0.0
+    x[4] = -x[4].abs()
+    x[5, 7] = float("nan")
+    x[6, 9] = float("-inf")
+    inf_norm = torch.linalg.vector_norm(x, ord=float("inf"), dim=1)
+    expected = torch.where(inf_norm > 0, inf_norm, torch.ones_like(inf_norm))
+    got = geometry.row_scale(x)
+    assert got.dtype == dtype
+    assert torch.equal(got, expected)
+    assert got[3] == 1.0 and got[5] == 1.0 and got[6] == float("inf")   # NaN > 0 is false
+
+
+def test_cosine_to_a_huge_reference_is_finite_and_exact() -> None:
+    """cosine_to scales the reference by its max-abs value: a reference near float32's
+    limit gives the cosines of the unscaled vectors."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 100, generator=g)
+    ref = torch.randn(100, generator=g)
+    expected = geometry.cosine_to(x, ref)
+    got = geometry.cosine_to(x, ref * 3e37)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, expected, atol=1e-12)

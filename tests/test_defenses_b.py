@@ -561,3 +561,20 @@ def test_permutation_equivariance(name):
         assert b.flagged is None
     else:
         assert a.flagged[perm].tolist() == b.flagged.tolist()
+
+
+def test_a_pipeline_scratch_copy_shares_stateless_layers_and_copies_state():
+    """A preview's scratch copy of SignGuard: the stateless layers (ecdsa, the anomaly
+    filter, Multi-Krum) are shared, the reputation layer is a copy whose table can change
+    without touching the real one."""
+    from byzbench.defenses.signguard import SignGuard
+
+    sg = SignGuard()
+    sg.layers[2].table.set(torch.tensor([0, 1]), torch.tensor([0.9, 0.2], dtype=torch.float64))
+    clone = sg._scratch_copy()
+    assert clone is not sg and clone.layers is not sg.layers
+    for layer, copied in zip(sg.layers, clone.layers):
+        assert (copied is layer) == layer.stateless
+    clone.layers[2].table.set(torch.tensor([0]), torch.tensor([0.1], dtype=torch.float64))
+    assert sg.layers[2].table.get(torch.tensor([0, 1])).tolist() == [0.9, 0.2]
+    assert clone.layers[2].table.get(torch.tensor([0])).tolist() == [0.1]

@@ -64,11 +64,11 @@ class ClippedClustering(Defense):
 
     def __init__(self, params: ClippedClusteringParams | None = None) -> None:
         super().__init__(params)
-        self._norms: list[torch.Tensor] = []
+        self._norms = np.zeros(0)   # every norm seen, in order (one array: cheap to copy)
 
     def setup(self, setup: DefenseSetup) -> None:
         super().setup(setup)
-        self._norms = []
+        self._norms = np.zeros(0)
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
         from sklearn.cluster import AgglomerativeClustering  # ~0.5 s to import: only where used
@@ -79,8 +79,8 @@ class ClippedClustering(Defense):
         device = x.device
         norms = row_norms(x)                                         # float64 [m]
         if p.norm_history:
-            self._norms.append(norms.cpu())
-            tau = np.median(torch.cat(self._norms).numpy())
+            self._norms = np.concatenate([self._norms, norms.cpu().numpy()])
+            tau = np.median(self._norms)
         else:
             tau = torch.quantile(norms, 0.5)
         tau = min(float(tau), p.max_tau)

@@ -68,8 +68,11 @@ def finite_rows(updates: torch.Tensor) -> torch.Tensor:
 
 
 def row_scale(x: torch.Tensor) -> torch.Tensor:
-    """[n] max |x_ij| per row, 1 where the row is all zero (so dividing by it is safe)."""
-    scale = torch.linalg.vector_norm(x, ord=float("inf"), dim=1)
+    """[n] max |x_ij| per row, 1 where the row is all zero (so dividing by it is safe).
+
+    ``abs().amax`` rather than ``vector_norm(ord=inf)``: the same values (NaN propagates),
+    about 12× faster on the CPU at [20, 4810] (``benchmarks/bench_defenses.py --kernels``)."""
+    scale = x.abs().amax(dim=1)
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
@@ -303,7 +306,7 @@ def cosine_to(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     ok = finite_rows(updates)
     if not bool(ok.any()) or not bool(torch.isfinite(reference).all()):
         return out
-    ref_scale = float(torch.linalg.vector_norm(reference, ord=float("inf")))
+    ref_scale = float(reference.abs().amax())  # vector_norm(ord=inf), faster (row_scale)
     if ref_scale == 0.0:
         return out
     ref = (reference / ref_scale).to(updates.dtype)

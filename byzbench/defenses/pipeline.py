@@ -31,6 +31,7 @@ unless the first layer sees them itself, as reputation does):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -139,6 +140,15 @@ class Composite(Defense):
     @property
     def label(self) -> str:
         return "+".join(layer.name for layer in self.layers)
+
+    def _scratch_copy(self) -> Defense:
+        """A copy whose stateful layers are scratch copies and whose stateless layers are
+        shared: a pipeline's own attributes are its configuration, its state lives in its
+        layers (copying only those makes a SignGuard preview's copy ~10× cheaper)."""
+        clone = copy.copy(self)
+        clone.layers = [layer if layer.stateless else layer._scratch_copy()
+                        for layer in self.layers]
+        return clone
 
     @property
     def signature_scheme(self) -> str | None:  # type: ignore[override]
