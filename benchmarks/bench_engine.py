@@ -4,6 +4,7 @@
     python benchmarks/bench_engine.py --tree before=/tmp/before --tree after=. [--rounds 3]
     python benchmarks/bench_engine.py --plans [--repeats 5]
     python benchmarks/bench_engine.py --breakdown [--repeats 5]
+    python benchmarks/bench_engine.py --cold [--repeats 200]
     python benchmarks/bench_engine.py --device cuda      # (a), (b), (d) on the GPU
 
 (a) local training of one round on the digits MLP [64] (5 steps, batch 32, lr 0.1) for
@@ -33,6 +34,12 @@
     engine stage wrapped in a timer (about a microsecond per call), µs per round, and what
     the local steps and the rest take against the GEMM floor measured in the same run.
 
+(g) ``--cold``: why the cell sits further above its floor than its stages timed alone
+    suggest: a few of the host operations every round runs — a seeded numpy generator and
+    its 16 bytes (the nonce), the round's batch plan, FedAvg of the round's updates — timed
+    in a loop of their own, and each right after one round of local training (which evicts
+    them from the caches), alternated, medians.
+
 ``--device cuda`` runs (a), (b) and (d) with the model, data and floor on the GPU (the cell
 with ``device: cuda``; every timing ends with ``torch.cuda.synchronize``); the batch plans are
 still drawn on the host, as in every cell.
@@ -56,7 +63,7 @@ import torch
 from _memory import peak_rss_mib, rss_mib
 
 from byzbench.config import CellConfig, ComponentSpec
-from byzbench.engine.simulation import Simulation, run_cell
+from byzbench.engine.simulation import Simulation, build, run_cell
 from byzbench.engine.training import (
     BatchPlan,
     plan_batches,
@@ -386,6 +393,52 @@ def compare_trees(trees: list[str], rounds: int, repeats: int, threads: int) -> 
         print_cell_vs_floor(f"{name:>8}: ", m, repeats)
 
 
+def bench_cold(repeats: int) -> None:
+    """(g) host operations of a round alone and right after a round of local training."""
+    from byzbench.defenses.base import RoundContext
+    from byzbench.defenses.fedavg import FedAvg
+    from byzbench.seeding import numpy_rng
+
+    ds = build(DATASETS, REFERENCE_CELL.dataset).load()
+    model = BatchedMLP(64, [64], 10)
+    gen = torch.Generator().manual_seed(0)
+    theta = model.init(gen)
+    plan = iid_client_plan(len(ds.y_train), 20, gen)
+    sim = Simulation(reference_cell())
+    index, counts = sim.data.index, sim.data.counts
+    updates = train_vectorized(model, theta, ds.x_train, ds.y_train, plan, 0.1)
+    fedavg = FedAvg()
+    ctx = RoundContext(round=0, client_ids=torch.arange(20), num_samples=counts.double(),
+                       f=0, generator=torch.Generator(), global_params=theta)
+
+    def train() -> None:
+        train_vectorized(model, theta, ds.x_train, ds.y_train, plan, 0.1)
+
+    ops: dict[str, Callable[[], object]] = {
+        "seeded numpy generator + 16 bytes": lambda: numpy_rng(0, "nonce", 3).bytes(16),
+        "the round's batch plan": lambda: plan_batches(index, counts, 32, 5, None,
+                                                       torch.Generator().manual_seed(3)),
+        "FedAvg of the round's updates": lambda: fedavg(updates, ctx),
+    }
+    print(f"(g) host operations of a round: alone (in a loop) and right after one round of "
+          f"local training, µs, medians of {repeats} alternated")
+    print(f"    {'operation':<40} {'alone':>8} {'after training':>15} {'ratio':>7}")
+    for label, op in ops.items():
+        op()
+        alone: list[float] = []
+        after: list[float] = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            op()
+            alone.append(time.perf_counter() - start)
+            train()
+            start = time.perf_counter()
+            op()
+            after.append(time.perf_counter() - start)
+        a, b = statistics.median(alone), statistics.median(after)
+        print(f"    {label:<40} {a * 1e6:>8.1f} {b * 1e6:>15.1f} {b / a:>6.1f}×")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -397,6 +450,8 @@ def main() -> None:
     parser.add_argument("--plans", action="store_true", help="only (e), the batch plan")
     parser.add_argument("--breakdown", action="store_true",
                         help="only (f), the cell's time stage by stage")
+    parser.add_argument("--cold", action="store_true",
+                        help="only (g), host operations alone vs after local training")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where (a), (b) and (d) run")
     parser.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
@@ -415,6 +470,9 @@ def main() -> None:
         return
     if args.breakdown:
         breakdown(args.repeats)
+        return
+    if args.cold:
+        bench_cold(max(args.repeats, 100))
         return
     where = (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {where}\n")
