@@ -391,18 +391,25 @@ class CountingKeyring:
         monkeypatch.setattr(PublicKeyRegistry, "verify_round", counting_verify)
 
 
+SAMPLED_CENTRAL_DP = {"clients_per_round": 6,
+                      "privacy": {"dp": {"mode": "central", "sigma": 0.5}}}
+
+
 @pytest.mark.parametrize("defense", ["signguard", "ecdsa+multikrum",
                                      "ecdsa+norm_clip+reputation"])
 @pytest.mark.parametrize("attack", ["fang_krum", "alie_opt"])
-def test_the_oracle_skips_signatures_and_changes_no_number(monkeypatch, attack, defense):
+@pytest.mark.parametrize("setting", [{}, SAMPLED_CENTRAL_DP], ids=["plain", "sampled-dp"])
+def test_the_oracle_skips_signatures_and_changes_no_number(monkeypatch, attack, defense,
+                                                          setting):
     """Oracle rows are their own clients', signed for the round, so every signature check of
     a preview passes: marking them ``authentic`` (no signing, no verifying) must give the
-    very rounds that signing and verifying them gives."""
+    very rounds that signing and verifying them gives (also with client sampling and the
+    server's clipping under central DP)."""
     from byzbench.defenses.signature import Ecdsa
 
     cell = grid_from_dict({"name": "o", "base": {
         **TINY_BASE, "clients": 10, "malicious_fraction": 0.2, "rounds": 3,
-        "attack": attack, "defense": defense}}).cells[0]
+        "attack": attack, "defense": defense, **setting}}).cells[0]
     counts = CountingKeyring(monkeypatch)
     skipping = run_cell(cell.config)
     assert skipping.status == "done", skipping.error
