@@ -63,6 +63,7 @@ import torch
 from _memory import peak_rss_mib, rss_mib
 
 from byzbench.config import CellConfig, ComponentSpec
+from byzbench.data.base import Dataset
 from byzbench.engine.simulation import Simulation, build, run_cell
 from byzbench.engine.training import (
     BatchPlan,
@@ -106,12 +107,19 @@ def iid_client_plan(n_train: int, clients: int, gen: torch.Generator) -> BatchPl
     return plan_batches(index, counts, 32, 5, None, gen)
 
 
-def bench_training(clients: int, repeats: int) -> tuple[float, float]:
-    ds = DATASETS.get("digits")().load()
+def reference_round(clients: int = 20) -> tuple[Dataset, BatchedMLP, torch.Tensor, BatchPlan]:
+    """One round of the reference cell's local training, on the host: (the digits data, the
+    MLP [64], θ, an iid batch plan of ``clients`` clients), all drawn from seed 0."""
+    ds = build(DATASETS, REFERENCE_CELL.dataset).load()
     model = BatchedMLP(64, [64], 10)
     gen = torch.Generator().manual_seed(0)
-    theta = model.init(gen).to(DEVICE)
-    plan = iid_client_plan(len(ds.y_train), clients, gen).to(DEVICE)
+    theta = model.init(gen)
+    return ds, model, theta, iid_client_plan(len(ds.y_train), clients, gen)
+
+
+def bench_training(clients: int, repeats: int) -> tuple[float, float]:
+    ds, model, theta, plan = reference_round(clients)
+    theta, plan = theta.to(DEVICE), plan.to(DEVICE)
     x, y = ds.x_train.to(DEVICE), ds.y_train.to(DEVICE)
     vec = time_it(lambda: train_vectorized(model, theta, x, y, plan, 0.1), repeats)
     ref = time_it(lambda: train_reference(model, theta, x, y, plan, 0.1), repeats)
@@ -399,11 +407,7 @@ def bench_cold(repeats: int) -> None:
     from byzbench.defenses.fedavg import FedAvg
     from byzbench.seeding import numpy_rng
 
-    ds = build(DATASETS, REFERENCE_CELL.dataset).load()
-    model = BatchedMLP(64, [64], 10)
-    gen = torch.Generator().manual_seed(0)
-    theta = model.init(gen)
-    plan = iid_client_plan(len(ds.y_train), 20, gen)
+    ds, model, theta, plan = reference_round()
     sim = Simulation(reference_cell())
     index, counts = sim.data.index, sim.data.counts
     updates = train_vectorized(model, theta, ds.x_train, ds.y_train, plan, 0.1)

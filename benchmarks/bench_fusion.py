@@ -29,13 +29,10 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_engine import REFERENCE_CELL, gemm_floor, iid_client_plan
+from bench_engine import REFERENCE_CELL, gemm_floor, reference_round
 
 from byzbench.engine import mlp_steps
-from byzbench.engine.simulation import build
 from byzbench.engine.training import train_vectorized
-from byzbench.models import BatchedMLP
-from byzbench.registry import DATASETS
 
 LR = 0.1
 
@@ -46,11 +43,7 @@ def main() -> None:
     ap.add_argument("--skip-compile", action="store_true", help="leave out torch.compile")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    ds = build(DATASETS, REFERENCE_CELL.dataset).load()
-    model = BatchedMLP(64, [64], 10)
-    gen = torch.Generator().manual_seed(0)
-    theta = model.init(gen)
-    plan = iid_client_plan(len(ds.y_train), 20, gen)
+    ds, model, theta, plan = reference_round()
     assert plan.full_batches, "the reference round has full batches"
     x, y = ds.x_train, ds.y_train
 
