@@ -186,7 +186,9 @@ class Defense(Component):
     :data:`SecureView`; all but ``plaintext`` implement :meth:`secure_aggregate`),
     ``trusts_authentic`` (its signature checks accept a context marked ``authentic``
     without messages, as every check of such rows would pass: the oracle of defense-aware
-    attacks then signs nothing).
+    attacks then signs nothing), ``lazy_imports`` (modules it imports on its first round;
+    a cell's executor imports them before the cell's clock starts, so that no cell's time
+    includes an import).
     """
 
     Params: ClassVar[type[DefenseParams]] = DefenseParams
@@ -199,6 +201,7 @@ class Defense(Component):
     mixes_rows: ClassVar[bool] = False
     secure_view: ClassVar[SecureView] = "plaintext"
     trusts_authentic: ClassVar[bool] = False
+    lazy_imports: ClassVar[tuple[str, ...]] = ()
     cell: DefenseSetup | None = None
 
     def secure_requirement(self) -> str | None:

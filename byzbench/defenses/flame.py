@@ -92,6 +92,7 @@ class Flame(Defense):
     paper: ClassVar[str] = ("Nguyen et al., FLAME: Taming Backdoors in Federated Learning, "
                             "USENIX Security 2022")
     stateless: ClassVar[bool] = True
+    lazy_imports: ClassVar[tuple[str, ...]] = ("sklearn.cluster",)
     privacy: ClassVar[Privacy] = Privacy(
         needs_plaintext_updates=True, needs_server_data=False, keeps_client_state=False,
         note="pairwise cosine between plaintext models (the paper runs this "
@@ -99,7 +100,7 @@ class Flame(Defense):
         "aggregate")
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> Verdict:
-        from sklearn.cluster import HDBSCAN  # ~0.5 s to import: only where used
+        from sklearn.cluster import HDBSCAN  # ~0.5 s: see lazy_imports
 
         p: FlameParams = self.params
         x = updates

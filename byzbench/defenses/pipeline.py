@@ -131,6 +131,8 @@ class Composite(Defense):
         self.sees_nonfinite = self.layers[0].sees_nonfinite
         self.trusts_authentic = all(layer.trusts_authentic for layer in self.layers
                                     if layer.needs_signatures)
+        self.lazy_imports = tuple(dict.fromkeys(module for layer in self.layers
+                                                for module in layer.lazy_imports))
         if self.secure_requirement() is not None:  # e.g. fedavg before geomed
             self.privacy = replace(self.privacy, needs_plaintext_updates=True)
         self.secure_view = ("plaintext" if self.secure_requirement() is not None else

@@ -49,12 +49,19 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import torch
-from dp_accounting import mechanism_calibration, rdp
 
 from byzbench.config import DPConfig
+
+if TYPE_CHECKING:
+    import dp_accounting
+    from dp_accounting import rdp
+
+# dp-accounting (with the parts of scipy it loads) takes ~0.9 s to import: only cells with
+# DP import it, and a cell's executor imports it before the cell's clock starts
+LAZY_IMPORTS: tuple[str, ...] = ("dp_accounting",)
 
 # integer orders: the subsampled Gaussian's RDP has a closed form there (fractional orders
 # below 2 fail to converge at large sampling rates, and are slow)
@@ -63,12 +70,16 @@ CALIBRATION_TOL = 1e-4
 
 
 def _accountant() -> rdp.RdpAccountant:
+    from dp_accounting import rdp
+
     return rdp.RdpAccountant(orders=list(RDP_ORDERS))
 
 
 def round_event(mode: str, sigma: float, q: float) -> dp_accounting.DpEvent:
     """The privacy event of one round for a noise multiplier ``sigma`` (see the module doc):
     central → (Poisson-subsampled at rate q) Gaussian(σ); local → Gaussian(σ/2)."""
+    import dp_accounting
+
     if mode == "local":
         return dp_accounting.GaussianDpEvent(sigma / 2.0)
     gaussian = dp_accounting.GaussianDpEvent(sigma)
@@ -93,6 +104,9 @@ def epsilons(mode: str, sigma: float, q: float, rounds: int, delta: float
 def calibrate_sigma(mode: str, epsilon: float, delta: float, q: float, rounds: int) -> float:
     """The smallest noise multiplier σ whose run of ``rounds`` rounds spends at most
     ``epsilon`` at ``delta`` (dp-accounting's calibration, Brent's method on σ)."""
+    import dp_accounting
+    from dp_accounting import mechanism_calibration
+
     return float(mechanism_calibration.calibrate_dp_mechanism(
         _accountant,
         lambda s: dp_accounting.SelfComposedDpEvent(round_event(mode, s, q), rounds),
