@@ -105,9 +105,11 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, workers: int | N
     """Run every cell of ``grid`` not yet finished in ``results_dir``; see the module doc.
 
     ``on_event(kind, cell, result)`` is called with kind ``reused`` (already finished),
-    ``start`` and ``end``. ``executor``: ``local`` (``workers`` processes) or ``ray``
-    (``ray_options``; raises :class:`~byzbench.ray_executor.RayUnavailableError` before
-    anything runs when Ray is not installed). ``threads``: torch threads per local worker
+    ``start`` (handed to the executor: with local workers, at most one cell beyond one per
+    worker waits there to start) and ``end``. ``executor``: ``local`` (``workers``
+    processes) or ``ray`` (``ray_options``; raises
+    :class:`~byzbench.ray_executor.RayUnavailableError` before anything runs when Ray is not
+    installed). ``threads``: torch threads per local worker
     (default :data:`DEFAULT_THREADS`, one; the Ray executor sizes its tasks with
     ``ray_options.cpus_per_cell`` instead, one CPU and so one thread by default).
     """
@@ -232,6 +234,11 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
     stored as failed (:data:`WORKER_DIED`), the others complete. So a worker's death costs
     only the cell that caused it."""
     workers = min(workers, len(pending))
+    # one cell more than workers in flight: a worker that finishes finds the next cell
+    # waiting in the pool's queue, instead of waiting ~4 ms for this process to wake and
+    # hand one over while the other workers hold the cores; an interrupt or a broken pool
+    # then concerns at most that one queued cell more
+    in_flight = workers + 1
     initargs = (threads or DEFAULT_THREADS, list(sys.path),
                 grid_datasets(pending), os.getpid())
 
@@ -263,9 +270,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
                 if not running:
                     alone = submit(suspects.pop())
             else:
-                # keep at most `workers` cells in flight, so "start" events are honest and
-                # an interrupt leaves nothing queued inside the pool
-                while queue and len(running) < workers and submit(queue.pop()):
+                while queue and len(running) < in_flight and submit(queue.pop()):
                     pass
             broken = False
             if running:
@@ -290,7 +295,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
                     results.append((cell, result, tb, t0))
                 # the freed workers get their next cells before this process stores the
                 # finished ones, so no worker waits on a database write
-                while not broken and not suspects and queue and len(running) < workers \
+                while not broken and not suspects and queue and len(running) < in_flight \
                         and submit(queue.pop()):
                     pass
                 for item in results:

@@ -144,6 +144,19 @@ def test_pool_cells_are_stamped_with_their_own_start(tiny_grid: Path, tmp_path: 
 
 
 
+def test_the_pool_keeps_one_cell_waiting_beyond_its_workers(tiny_grid: Path, tmp_path: Path):
+    """With 2 workers, 3 of the 4 cells are handed out at once, and the 4th as soon as one
+    of them ends, before that one is stored (a finishing worker finds its next cell queued);
+    every started cell ends."""
+    events: list[tuple[str, str | None]] = []
+    summary = run_grid(load_grid(tiny_grid), tmp_path / "res", workers=2,
+                       on_event=lambda kind, cell, result: events.append(
+                           (kind, result.status if result is not None else None)))
+    assert summary.done == 4
+    assert [kind for kind, _ in events[:4]] == ["start"] * 4
+    assert sorted(events[4:]) == [("end", "done")] * 4
+
+
 def _cell(defense, **extra):
     from byzbench.config import grid_from_dict
 
