@@ -19,6 +19,7 @@ import torch
 from byzbench.config import Cell, CellConfig, ConfigError, Grid, grid_from_dict, load_grid
 from byzbench.engine.simulation import CellResult
 from byzbench.engine.simulation import run_cell as _run_cell
+from byzbench.executors import import_lazy
 from byzbench.ray_executor import RayOptions
 from byzbench.runner import DEFAULT_THREADS, RunSummary, run_grid
 from byzbench.store import ResultsStore, StoreError
@@ -50,9 +51,12 @@ def run(grid: Grid | str | Path, results_dir: str | Path | None = None,
 def run_cell(config: CellConfig, device: torch.device | str | None = None,
              threads: int = DEFAULT_THREADS) -> CellResult:
     """Simulate one cell (:func:`byzbench.engine.simulation.run_cell`) on ``threads`` torch
-    threads — one by default, as in a grid — and restore the caller's thread count after."""
+    threads — one by default, as in a grid — and restore the caller's thread count after.
+    What the cell's components import on first use is imported first, outside its
+    ``wall_s`` (:func:`byzbench.executors.import_lazy`), as in a grid."""
     if threads < 1:
         raise ConfigError(f"threads must be ≥ 1, got {threads}")
+    import_lazy(config)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

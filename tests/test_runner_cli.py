@@ -191,12 +191,15 @@ def test_the_engine_imports_no_scikit_learn_clustering_and_no_dp_accounting():
     assert out.strip() == "[]"
 
 
-def test_a_cells_lazy_imports_happen_before_its_clock_starts():
-    """A fresh interpreter runs a FLAME cell with DP through execute_cell: scikit-learn's
-    clustering and dp-accounting are already imported when run_cell (the timed part) starts,
-    and the cell completes."""
+@pytest.mark.parametrize("entry", ["executor", "api"])
+def test_a_cells_lazy_imports_happen_before_its_clock_starts(entry: str):
+    """A fresh interpreter runs a FLAME cell with DP through a grid's executor
+    (``execute_cell``) or the Python API (``api.run_cell``): scikit-learn's clustering and
+    dp-accounting are already imported when the simulation's ``run_cell`` (the timed part)
+    starts, and the cell completes."""
     code = textwrap.dedent("""
         import sys
+        import byzbench.api as api
         import byzbench.engine.simulation as sim
         from byzbench import executors
         from byzbench.config import grid_from_dict
@@ -206,17 +209,20 @@ def test_a_cells_lazy_imports_happen_before_its_clock_starts():
             seen.append(sorted(m for m in ('sklearn.cluster', 'dp_accounting')
                                if m in sys.modules))
             return real(config, device)
-        sim.run_cell = spy
+        sim.run_cell = api._run_cell = spy
         cell = grid_from_dict(%r).cells[0]
-        result, tb, _ = executors.execute_cell(cell)
+        if %r == 'api':
+            result = api.run_cell(cell.config)
+        else:
+            result, tb, _ = executors.execute_cell(cell)
         print(result.status, seen)
     """) % ({"name": "one", "grid": {"defense": ["flame"], "malicious_fraction": [0.2]},
              "base": {**TINY_BASE,
-                      "privacy": {"dp": {"mode": "central", "clip": 1.0, "sigma": 1.0}}}},)
+                      "privacy": {"dp": {"mode": "central", "clip": 1.0, "sigma": 1.0}}}},
+            entry)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "done [['dp_accounting', 'sklearn.cluster']]"
-
 
 def test_a_cell_whose_defense_cannot_be_built_still_reports_its_own_error():
     from byzbench.config import ComponentSpec
