@@ -1,7 +1,7 @@
 """Whole-grid wall time: ``byzbench run`` on a grid file into a temporary directory.
 
     python benchmarks/bench_grid.py [GRID ...] [-w 2] [-t 1] [--repeats 1]
-                                    [--tree NAME=PATH ...] [--top 8] [--keep DIR]
+                                    [--tree NAME=PATH ...] [--top 8] [--slowest K] [--keep DIR]
 
 Each run is the whole command (``python -m byzbench run GRID -o TMP -w W [-t T] -q`` in a
 fresh interpreter: start-up, imports, pool, every cell, every store write), timed from
@@ -18,7 +18,9 @@ Per run it prints wall time, cells/s, and from the run's SQLite store where the 
 Σ cell wall_s (the cells' own time, as ``run_cell`` measures it), the part of workers ×
 wall not inside any cell (process start, imports, pool, dataset loads, store writes,
 scheduling), Σ aggregation time, and the ``--top`` defenses and attacks by summed cell time.
-``--keep DIR`` keeps each tree's last results under ``DIR/NAME`` (otherwise a temporary
+``--slowest K`` prints, from each tree's last run, the K cells slowest against
+their defense's median cell time (a cell far above it paid for something besides its own
+work, such as an import). ``--keep DIR`` keeps each tree's last results under ``DIR/NAME`` (otherwise a temporary
 directory), so ``benchmarks/compare_results.py DIR/before DIR/after`` can show, from the same
 runs, that the numbers did not move.
 """
@@ -70,9 +72,24 @@ def run_once(tree: Path, grid: Path, workers: int, threads: int | None,
                                     "ORDER BY 2 DESC").fetchall()
             by_attack = db.execute("SELECT attack, SUM(wall_s) FROM cells GROUP BY attack "
                                    "ORDER BY 2 DESC").fetchall()
+            each = db.execute("SELECT defense, attack, malicious_fraction, seed, wall_s "
+                              "FROM cells WHERE wall_s IS NOT NULL").fetchall()
     return {"wall": wall, "cells": cells, "cell_s": cell_s or 0.0, "agg_s": agg_ms / 1e3,
             "span": (last - first) if first is not None else 0.0,
-            "by_defense": by_defense, "by_attack": by_attack}
+            "by_defense": by_defense, "by_attack": by_attack, "slowest": slowest(each)}
+
+
+def slowest(cells: list[tuple]) -> list[tuple[float, tuple, float]]:
+    """Each cell as (its time / its defense's median cell time, the cell's row, that
+    median), slowest relative to its defense first: a cell far above its defense's median
+    paid for something other than its own work (an import, a page-in)."""
+    by_defense: dict[str, list[float]] = {}
+    for row in cells:
+        by_defense.setdefault(row[0], []).append(row[4])
+    medians = {d: statistics.median(w) for d, w in by_defense.items()}
+    ranked = [(row[4] / medians[row[0]], row, medians[row[0]]) for row in cells
+              if medians[row[0]] > 0]
+    return sorted(ranked, key=lambda item: item[0], reverse=True)
 
 
 def main() -> None:
@@ -85,6 +102,9 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
                         help="a byzbench checkout to run (default: this one)")
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--slowest", type=int, default=0, metavar="K",
+                        help="print each tree's K cells slowest against their defense's "
+                             "median cell (last run)")
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="keep each tree's last results in DIR/NAME")
     args = parser.parse_args()
@@ -135,6 +155,10 @@ def main() -> None:
                 f"{d} {s:.1f}" for d, s in last["by_defense"][:args.top]))
             print(f"  {name}: summed cell time by attack (s):   " + ", ".join(
                 f"{a} {s:.1f}" for a, s in last["by_attack"][:args.top]))
+            for ratio, (defense, attack, fraction, seed, wall), median in \
+                    last["slowest"][:args.slowest]:
+                print(f"    {name}: {defense} · {attack} · {fraction} · seed {seed}: "
+                      f"{wall:.3f} s, {ratio:.1f}× its defense's median {median:.3f} s")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

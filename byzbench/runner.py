@@ -235,7 +235,7 @@ def _run_pool(pending: list[Cell], workers: int, emit: EventCallback,
     only the cell that caused it."""
     workers = min(workers, len(pending))
     # one cell more than workers in flight: a worker that finishes finds the next cell
-    # waiting in the pool's queue, instead of waiting ~4 ms for this process to wake and
+    # waiting in the pool's queue, instead of waiting for this process to wake and
     # hand one over while the other workers hold the cores; an interrupt or a broken pool
     # then concerns at most that one queued cell more
     in_flight = workers + 1
