@@ -16,6 +16,7 @@ created later finds the server ready. This module imports nothing heavy itself.
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import multiprocessing
@@ -135,14 +136,23 @@ def lazy_imports(config: CellConfig) -> list[str]:
     """The modules ``config``'s components import on first use (scikit-learn's clustering
     for FLAME and clipped clustering, dp-accounting for DP): its defense's
     ``lazy_imports`` and, with DP, :data:`byzbench.privacy.dp.LAZY_IMPORTS`."""
-    from byzbench.engine.simulation import build
     from byzbench.privacy.dp import LAZY_IMPORTS
-    from byzbench.registry import DEFENSES
 
-    modules = list(build(DEFENSES, config.defense).lazy_imports)
+    modules = list(_defense_imports(config.defense.model_dump_json()))
     if config.privacy.dp.mode != "none":
         modules += LAZY_IMPORTS
     return modules
+
+
+@functools.lru_cache(maxsize=64)
+def _defense_imports(spec_json: str) -> tuple[str, ...]:
+    """``lazy_imports`` of the defense a spec builds, once per spec and process (a plugin's
+    constructor may be costly)."""
+    from byzbench.config import ComponentSpec
+    from byzbench.engine.simulation import build
+    from byzbench.registry import DEFENSES
+
+    return tuple(build(DEFENSES, ComponentSpec.model_validate_json(spec_json)).lazy_imports)
 
 
 def import_lazy(config: CellConfig) -> None:
